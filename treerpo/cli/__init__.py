@@ -1,0 +1,90 @@
+"""The `treerpo` command line: a Typer app over the library.
+
+Every flag is accepted in --dash-case and --snake_case (Click normalises `_` to `-` in option and
+command names). Errors are one line on stderr: exit 2 for bad input or usage, 1 for a failure at
+run time; `--debug` (anywhere on the line, or TREERPO_DEBUG=1) shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Sequence
+
+import typer
+from typer.exceptions import Abort, TyperException
+
+try:  # Typer ≥ 0.20 vendors Click; older releases use the click package itself
+    from typer._click.exceptions import NoArgsIsHelpError
+except ImportError:  # pragma: no cover
+    from click.exceptions import NoArgsIsHelpError
+
+from treerpo.cli import bench_commands, store_commands
+from treerpo.errors import TreerpoError
+
+app = typer.Typer(
+    name="treerpo",
+    help="Train language models to reason with TreeRPO: GRPO grown into a tree.\n\n"
+    "Stages share one tree store (--db): generate grows trees, score fills rewards, values and "
+    "advantages, train replays trees into policy updates, inspect/trees show what is stored.",
+    context_settings={
+        "token_normalize_func": lambda token: token.replace("_", "-"),
+        "help_option_names": ["-h", "--help"],
+    },
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+) -> None:
+    """Global options."""
+
+
+store_commands.register(app)
+bench_commands.register(app)
+
+
+def _wants_debug(args: Sequence[str]) -> bool:
+    return "--debug" in args or os.environ.get("TREERPO_DEBUG", "") not in ("", "0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="treerpo", standalone_mode=False)
+    except NoArgsIsHelpError:  # Typer has already printed the help
+        return 2
+    except TyperException as error:  # usage errors: unknown command or flag, bad value
+        if _wants_debug(args):
+            raise
+        typer.echo(f"error: {error.format_message()}".replace("\n", " "), err=True)
+        return 2
+    except Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except TreerpoError as error:
+        if _wants_debug(args):
+            raise
+        typer.echo(f"error: {error}".replace("\n", " "), err=True)
+        return error.exit_code
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except Exception as error:  # the last line of defence: one line, never a traceback
+        if _wants_debug(args):
+            raise
+        message = f"error: unexpected {type(error).__name__}: {error} (rerun with --debug)"
+        typer.echo(message.replace("\n", " "), err=True)
+        return 1
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Conventions shared by every command: the `--db` option, consoles, validation, store opening.
+
+The CLI stays thin: a command parses options, calls one library function and renders the result.
+Errors are raised as `treerpo.errors` exceptions and turned into one line + exit code by `main`.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from typing import Annotated, Any, Iterator, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+
+from treerpo.errors import BadInputError
+from treerpo.store.database import DEFAULT_DB_URL, Store, open_store
+
+DbOption = Annotated[
+    str,
+    typer.Option(
+        "--db",
+        envvar="TREERPO_DB",
+        help="Store URL: sqlite:///PATH (folder created) or postgresql+psycopg://USER@HOST/DB.",
+        show_default=True,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+DEFAULT_DB = DEFAULT_DB_URL
+
+
+def stdout_console() -> Console:
+    return Console(highlight=False)
+
+
+def stderr_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(payload: Any) -> None:
+    """One line of JSON on stdout (no rich formatting, so it is parseable)."""
+    typer.echo(json.dumps(payload, ensure_ascii=False))
+
+
+@contextmanager
+def store_at(url: str) -> Iterator[Store]:
+    """Open (and migrate to head) the store for the duration of a command."""
+    store = open_store(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+def validated(model: type[ModelT], **values: Any) -> ModelT:
+    """Build a pydantic settings object; an invalid value becomes a one-line BadInputError
+    naming the flag, e.g. `--temperature: Input should be greater than 0`."""
+    try:
+        return model(**values)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or model.__name__
+        flag = "--" + field.replace("_", "-")
+        raise BadInputError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from error

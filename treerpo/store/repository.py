@@ -1,0 +1,373 @@
+"""The operations the pipeline stages need on the tree store.
+
+Every write is one short transaction: a tree is inserted with all its nodes at once (so it is
+either fully visible or absent), scores are updated in bulk, runs and problems are upserted.
+Nodes go through SQLAlchemy Core `executemany` (no ORM objects per node): a tree of thousands of
+nodes is one round trip.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+
+from treerpo.errors import BadInputError
+from treerpo.store.arrays import pack_logprobs, pack_token_ids, unpack_logprobs, unpack_token_ids
+from treerpo.store.database import Store
+from treerpo.store.models import (
+    NodeRow,
+    ProblemRow,
+    RunRow,
+    TreeRow,
+    utcnow,
+)
+from treerpo.trees import Tree, TreeNode
+
+
+@dataclass(frozen=True)
+class ProblemKey:
+    """Identity of a problem: the same dataset, split and row is the same problem."""
+
+    dataset: str
+    split: str
+    row_index: int
+
+
+@dataclass(frozen=True)
+class TreeSummary:
+    tree_id: int
+    run_name: str
+    problem_id: int
+    problem: str
+    num_nodes: int
+    num_leaves: int
+    max_depth: int
+    num_tokens: int
+    scored: bool
+    mean_reward: float | None
+    rollout: str
+    created_at: datetime
+
+
+def get_or_create_run(
+    store: Store, *, name: str, kind: str, model: str, config: dict[str, Any]
+) -> RunRow:
+    """The run called `name`, created if new. An existing run keeps its first configuration
+    (resuming); a run of another kind with the same name is refused."""
+    with store.session() as session, session.begin():
+        run = session.scalars(select(RunRow).where(RunRow.name == name)).one_or_none()
+        if run is None:
+            run = RunRow(name=name, kind=kind, model=model, config=config, status="running")
+            session.add(run)
+            session.flush()
+        elif run.kind != kind:
+            raise BadInputError(f"run {name!r} already exists as a {run.kind} run; "
+                                "choose another --run name")
+        else:
+            run.status = "running"
+            run.finished_at = None
+        return run
+
+
+def find_run(store: Store, name: str) -> RunRow:
+    with store.session() as session:
+        run = session.scalars(select(RunRow).where(RunRow.name == name)).one_or_none()
+    if run is None:
+        raise BadInputError(f"no run named {name!r} in the store")
+    return run
+
+
+def finish_run(store: Store, run_id: int, *, status: str = "finished") -> None:
+    with store.session() as session, session.begin():
+        session.execute(
+            update(RunRow).where(RunRow.id == run_id).values(status=status, finished_at=utcnow())
+        )
+
+
+def upsert_problems(
+    store: Store, problems: Sequence[tuple[ProblemKey, str, str]]
+) -> list[int]:
+    """Insert the (key, problem text, reference) triples not stored yet; return every id, in
+    order. A stored problem keeps its text (the first writer wins)."""
+    ids: dict[ProblemKey, int] = {}
+    with store.session() as session, session.begin():
+        by_dataset: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for key, _, _ in problems:
+            by_dataset[(key.dataset, key.split)].append(key.row_index)
+        for (dataset, split), rows in by_dataset.items():
+            for start in range(0, len(rows), 500):
+                chunk = rows[start:start + 500]
+                found = session.execute(
+                    select(ProblemRow.id, ProblemRow.row_index).where(
+                        ProblemRow.dataset == dataset,
+                        ProblemRow.split == split,
+                        ProblemRow.row_index.in_(chunk),
+                    )
+                )
+                for problem_id, row_index in found:
+                    ids[ProblemKey(dataset, split, row_index)] = problem_id
+        missing = [(key, text, ref) for key, text, ref in problems if key not in ids]
+        for key, text, reference in missing:
+            if key in ids:  # the same row twice in one call
+                continue
+            row = ProblemRow(dataset=key.dataset, split=key.split, row_index=key.row_index,
+                             problem=text, reference=reference)
+            session.add(row)
+            session.flush()
+            ids[key] = row.id
+    return [ids[key] for key, _, _ in problems]
+
+
+def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[int]:
+    """Problems of the run that already have a (complete) tree in this epoch."""
+    with store.session() as session:
+        return set(session.scalars(
+            select(TreeRow.problem_id).where(TreeRow.run_id == run_id, TreeRow.epoch == epoch)
+        ))
+
+
+def _node_row(tree_id: int, node: TreeNode) -> dict[str, Any]:
+    return {
+        "tree_id": tree_id,
+        "node_index": node.index,
+        "parent_index": node.parent,
+        "depth": node.depth,
+        "ordinal": node.ordinal,
+        "kind": node.kind,
+        "num_tokens": node.num_tokens,
+        "token_ids": pack_token_ids(node.token_ids),
+        "logprobs": pack_logprobs(node.logprobs),
+        "text": node.text,
+        "split_entropy": node.split_entropy,
+        "finish_reason": node.finish_reason,
+        "reward": node.reward,
+        "value": node.value,
+        "advantage": node.advantage,
+    }
+
+
+def write_tree(
+    store: Store,
+    *,
+    tree: Tree,
+    run_id: int,
+    problem_id: int,
+    policy_version: str,
+    epoch: int = 0,
+) -> int:
+    """Insert a whole tree with all its nodes in one transaction; returns the new tree id."""
+    return write_trees(store, trees=[tree], run_id=run_id, problem_ids=[problem_id],
+                       policy_version=policy_version, epoch=epoch)[0]
+
+
+def write_trees(
+    store: Store,
+    *,
+    trees: Sequence[Tree],
+    run_id: int,
+    problem_ids: Sequence[int],
+    policy_version: str,
+    epoch: int = 0,
+) -> list[int]:
+    """Insert several whole trees in one transaction (all or none); returns their ids and sets
+    `tree.tree_id` and `tree.problem_id` on each."""
+    tree_ids = []
+    with store.session() as session, session.begin():
+        connection = session.connection()
+        for tree, problem_id in zip(trees, problem_ids, strict=True):
+            scored = tree.scored
+            tree_row = {
+                "run_id": run_id,
+                "problem_id": problem_id,
+                "epoch": epoch,
+                "rollout": tree.rollout,
+                "policy_version": policy_version,
+                "logprob_temperature": tree.logprob_temperature,
+                "num_nodes": len(tree.nodes),
+                "num_leaves": len(tree.leaves()),
+                "max_depth": tree.max_depth,
+                "num_tokens": tree.num_completion_tokens,
+                "scored": scored,
+                "mean_reward": _mean_reward(tree) if scored else None,
+                "created_at": utcnow(),
+            }
+            tree_id = connection.execute(
+                insert(TreeRow).values(**tree_row).returning(TreeRow.id)
+            ).scalar_one()
+            _insert_nodes(connection, [_node_row(tree_id, node) for node in tree.nodes])
+            tree_ids.append(tree_id)
+    for tree, tree_id, problem_id in zip(trees, tree_ids, problem_ids, strict=True):
+        tree.tree_id = tree_id
+        tree.problem_id = problem_id
+        tree.policy_version = policy_version
+    return tree_ids
+
+
+_NODE_INSERT_COLUMNS = [column.name for column in NodeRow.__table__.columns]
+
+
+def _insert_nodes(connection, rows: list[dict[str, Any]]) -> None:
+    # On SQLite, handing plain tuples to the driver's executemany doubles the write rate over
+    # SQLAlchemy's per-row parameter processing (the columns need no type conversion).
+    if connection.dialect.paramstyle == "qmark":
+        placeholders = ", ".join("?" for _ in _NODE_INSERT_COLUMNS)
+        connection.exec_driver_sql(
+            f"INSERT INTO nodes ({', '.join(_NODE_INSERT_COLUMNS)}) VALUES ({placeholders})",
+            [tuple(row[name] for name in _NODE_INSERT_COLUMNS) for row in rows],
+        )
+    else:
+        connection.execute(insert(NodeRow), rows)
+
+
+def _mean_reward(tree: Tree) -> float | None:
+    rewards = [leaf.reward for leaf in tree.leaves() if leaf.reward is not None]
+    return sum(rewards) / len(rewards) if rewards else None
+
+
+_NODE_COLUMNS = (
+    NodeRow.tree_id, NodeRow.node_index, NodeRow.parent_index, NodeRow.depth, NodeRow.ordinal,
+    NodeRow.kind, NodeRow.token_ids, NodeRow.logprobs, NodeRow.text, NodeRow.split_entropy,
+    NodeRow.finish_reason, NodeRow.reward, NodeRow.value, NodeRow.advantage,
+)
+
+
+def load_trees(store: Store, tree_ids: Sequence[int]) -> list[Tree]:
+    """Load trees with all their nodes (one query for the trees, one for all their nodes)."""
+    if not tree_ids:
+        return []
+    with store.session() as session:
+        headers = {
+            row.id: row
+            for row in session.execute(
+                select(TreeRow.id, TreeRow.problem_id, TreeRow.logprob_temperature,
+                       TreeRow.policy_version, TreeRow.rollout, TreeRow.scored,
+                       ProblemRow.problem, ProblemRow.reference)
+                .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+                .where(TreeRow.id.in_(tree_ids))
+            )
+        }
+        unknown = [tree_id for tree_id in tree_ids if tree_id not in headers]
+        if unknown:
+            raise BadInputError(f"no tree with id {unknown[0]} in the store")
+        node_rows = session.execute(
+            select(*_NODE_COLUMNS)
+            .where(NodeRow.tree_id.in_(tree_ids))
+            .order_by(NodeRow.tree_id, NodeRow.node_index)
+        ).all()
+    nodes_by_tree: dict[int, list[TreeNode]] = defaultdict(list)
+    for row in node_rows:
+        nodes_by_tree[row.tree_id].append(TreeNode(
+            index=row.node_index,
+            parent=row.parent_index,
+            depth=row.depth,
+            ordinal=row.ordinal,
+            kind=row.kind,
+            token_ids=unpack_token_ids(row.token_ids),
+            logprobs=unpack_logprobs(row.logprobs),
+            text=row.text,
+            split_entropy=row.split_entropy,
+            finish_reason=row.finish_reason,
+            reward=row.reward,
+            value=row.value,
+            advantage=row.advantage,
+        ))
+    trees = []
+    for tree_id in tree_ids:
+        header = headers[tree_id]
+        nodes = nodes_by_tree[tree_id]
+        for node in nodes:  # ordered by index, parents first
+            if node.parent is not None:
+                nodes[node.parent].children.append(node.index)
+        trees.append(Tree(
+            nodes=nodes,
+            logprob_temperature=header.logprob_temperature,
+            tree_id=tree_id,
+            problem_id=header.problem_id,
+            problem=header.problem,
+            reference=header.reference,
+            policy_version=header.policy_version,
+            rollout=header.rollout,
+            scored=header.scored,
+        ))
+    return trees
+
+
+def load_tree(store: Store, tree_id: int) -> Tree:
+    return load_trees(store, [tree_id])[0]
+
+
+def list_trees(
+    store: Store,
+    *,
+    run_id: int | None = None,
+    scored: bool | None = None,
+    tree_ids: Iterable[int] | None = None,
+    limit: int | None = None,
+) -> list[TreeSummary]:
+    """Summaries of stored trees, oldest first."""
+    query = (
+        select(TreeRow.id, RunRow.name, TreeRow.problem_id, ProblemRow.problem,
+               TreeRow.num_nodes, TreeRow.num_leaves, TreeRow.max_depth, TreeRow.num_tokens,
+               TreeRow.scored, TreeRow.mean_reward, TreeRow.rollout, TreeRow.created_at)
+        .join(ProblemRow, ProblemRow.id == TreeRow.problem_id)
+        .join(RunRow, RunRow.id == TreeRow.run_id)
+        .order_by(TreeRow.id)
+    )
+    if run_id is not None:
+        query = query.where(TreeRow.run_id == run_id)
+    if scored is not None:
+        query = query.where(TreeRow.scored == scored)
+    if tree_ids is not None:
+        query = query.where(TreeRow.id.in_(list(tree_ids)))
+    if limit is not None:
+        query = query.limit(limit)
+    with store.session() as session:
+        return [TreeSummary(*row) for row in session.execute(query)]
+
+
+def count_trees(store: Store) -> int:
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(TreeRow)) or 0
+
+
+def update_scores(store: Store, *, trees: Sequence[Tree], reward_fn: str) -> None:
+    """Write rewards, values and advantages of scored trees in one transaction (bulk)."""
+    node_table = NodeRow.__table__
+    statement = (
+        update(node_table)
+        .where(node_table.c.tree_id == bindparam("b_tree_id"),
+               node_table.c.node_index == bindparam("b_node_index"))
+        .values(reward=bindparam("b_reward"), value=bindparam("b_value"),
+                advantage=bindparam("b_advantage"))
+    )
+    tree_table = TreeRow.__table__
+    tree_statement = (
+        update(tree_table)
+        .where(tree_table.c.id == bindparam("b_id"))
+        .values(scored=True, reward_fn=reward_fn, mean_reward=bindparam("b_mean_reward"),
+                scored_at=bindparam("b_scored_at"))
+    )
+    node_params = [
+        {"b_tree_id": tree.tree_id, "b_node_index": node.index, "b_reward": node.reward,
+         "b_value": node.value, "b_advantage": node.advantage}
+        for tree in trees for node in tree.nodes
+    ]
+    now = utcnow()
+    tree_params = [{"b_id": tree.tree_id, "b_mean_reward": _mean_reward(tree), "b_scored_at": now}
+                   for tree in trees]
+    if not tree_params:
+        return
+    with store.session() as session, session.begin():
+        connection = session.connection()
+        connection.execute(statement, node_params)
+        connection.execute(tree_statement, tree_params)
+
+
+def delete_tree(store: Store, tree_id: int) -> None:
+    with store.session() as session, session.begin():
+        session.execute(delete(NodeRow).where(NodeRow.tree_id == tree_id))
+        session.execute(delete(TreeRow).where(TreeRow.id == tree_id))
