@@ -1,0 +1,203 @@
+"""The vLLM engine: offline `vllm.LLM` with token-id prompts, raw top-k logprobs, prefix caching.
+
+Written against vLLM's V1 offline API as of v0.10.2-v0.11.0 (read in the v0.11.0 sources); vLLM
+cannot be installed on the CPU machines treerpo is developed on, so the tests run it against
+`tests/fake_vllm.py`, a stand-in of the same API subset. What is used:
+
+- `vllm.LLM(model=, dtype=, seed=, gpu_memory_utilization=, max_model_len=,
+  enable_prefix_caching=, trust_remote_code=, logprobs_mode="raw_logprobs", max_logprobs=)`;
+- `LLM.generate([TokensPrompt(prompt_token_ids=...)], [SamplingParams(...)], use_tqdm=False)`,
+  one `SamplingParams` per request (its own `max_tokens` and `seed`);
+- `RequestOutput.outputs[0]`: `.token_ids` (the stop token included), `.finish_reason`
+  ("stop": EOS or a generation-config stop id; "length": `max_tokens` or `max_model_len`) and
+  `.logprobs`, one `{token_id: Logprob(logprob, rank, decoded_token)}` per position holding the
+  top-`logprobs` tokens *and* the sampled token (so k or k + 1 entries; the sampled token comes
+  first and is overwritten by its top-k entry when it is one of them);
+- `LLM.apply_model(fn)` and `LLM.reset_prefix_cache()` for in-place weight updates.
+
+Logprobs: with `logprobs_mode="raw_logprobs"` (V1's default, set explicitly) vLLM reports
+`log_softmax(logits)` before penalties, temperature and truncation: exactly the behaviour logprob
+of `treerpo.engines.base` at `logprob_temperature = 1`. vLLM has no mode for another logprob
+temperature (its "processed" logprobs are after the sampling transforms), so this engine refuses
+any other value.
+
+Weight updates: `load_weights` runs `model.load_weights(named_tensors)` inside the worker through
+`LLM.apply_model` (the path TRL's colocate mode reaches through
+`llm.llm_engine.model_executor.driver_worker.worker.model_runner.model`), then resets the prefix
+cache, whose blocks hold keys and values of the old weights. This needs the engine core in this
+process: the constructor sets `VLLM_ENABLE_V1_MULTIPROCESSING=0` unless the user set it.
+
+Sampling differences with the HF engine, none of which touch the reported logprobs: vLLM applies
+min-p before top-k/top-p, and each request gets its own seed drawn from the engine's seeded
+generator, so a run is reproducible whatever the batch composition (vLLM's per-request
+generators).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from treerpo.engines.base import GenerationRequest, GenerationResult, SamplingSettings
+from treerpo.engines.loading import TorchDtypeName, resolve_dtype
+from treerpo.errors import BadInputError, RunFailure
+
+VLLM_MISSING = "--engine vllm needs vLLM: pip install 'treerpo[vllm]' on a machine with a CUDA GPU"
+_SEED_RANGE = 2**31 - 1
+
+
+def import_vllm():
+    """The `vllm` module, or BadInputError saying how to get it."""
+    try:
+        import vllm
+    except ImportError as error:
+        raise BadInputError(VLLM_MISSING) from error
+    return vllm
+
+
+def completion_to_result(
+    completion, *, topk: int, eos_token_ids: Iterable[int] = ()
+) -> GenerationResult:
+    """Map one vLLM `CompletionOutput` (with raw logprobs) to a `GenerationResult`.
+
+    The top-k at a position is its logprob dict without the sampled token when that token is an
+    extra (k + 1 entries), sorted by decreasing logprob. Finish reason "stop" is "eos"; "length"
+    is "budget", except when the last token is an EOS id: vLLM checks the length first, the HF
+    engine reports the EOS, and tree growth needs to know the sequence ended.
+    """
+    if completion.finish_reason not in ("stop", "length"):
+        raise RunFailure(f"vLLM ended a request with finish reason {completion.finish_reason!r}")
+    token_ids = np.asarray(completion.token_ids, dtype=np.int32)  # (T,)
+    position_logprobs: Sequence[Mapping[int, object]] = completion.logprobs or []
+    if len(position_logprobs) != len(token_ids):
+        raise RunFailure(
+            f"vLLM returned {len(position_logprobs)} logprob entries for {len(token_ids)} tokens "
+            "(were logprobs requested?)"
+        )
+    num_tokens = len(token_ids)
+    logprobs = np.empty(num_tokens, dtype=np.float32)  # (T,)
+    topk_token_ids = np.empty((num_tokens, topk), dtype=np.int32)  # (T, K)
+    topk_logprobs = np.empty((num_tokens, topk), dtype=np.float32)  # (T, K)
+    for position, (token_id, candidates) in enumerate(zip(token_ids.tolist(), position_logprobs)):
+        logprobs[position] = candidates[token_id].logprob
+        entries = [
+            (candidate_id, entry.logprob)
+            for candidate_id, entry in candidates.items()
+            if not (len(candidates) > topk and candidate_id == token_id)
+        ]
+        if len(entries) < topk:
+            raise RunFailure(f"vLLM returned {len(entries)} top logprobs, {topk} were requested")
+        entries.sort(key=lambda entry: -entry[1])
+        topk_token_ids[position] = [candidate_id for candidate_id, _ in entries[:topk]]
+        topk_logprobs[position] = [logprob for _, logprob in entries[:topk]]
+    ended_at_eos = num_tokens > 0 and int(token_ids[-1]) in set(eos_token_ids)
+    finish_reason = "eos" if completion.finish_reason == "stop" or ended_at_eos else "budget"
+    return GenerationResult(
+        token_ids=token_ids,
+        logprobs=logprobs,
+        topk_token_ids=topk_token_ids,
+        topk_logprobs=topk_logprobs,
+        finish_reason=finish_reason,
+    )
+
+
+class VLLMEngine:
+    """`Engine` over an offline `vllm.LLM` (one CUDA GPU)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        seed: int,
+        torch_dtype: TorchDtypeName = "auto",
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = True,
+        trust_remote_code: bool = False,
+        logprob_temperature: float = 1.0,
+        max_logprobs: int = 20,
+        eos_token_ids: Iterable[int] = (),
+    ) -> None:
+        if logprob_temperature != 1.0:
+            raise BadInputError(
+                "--engine vllm reports raw logprobs only: use --logprob-temperature 1.0 "
+                "or --engine hf"
+            )
+        vllm = import_vllm()
+        self._vllm = vllm
+        self.logprob_temperature = 1.0
+        self.max_logprobs = max_logprobs
+        self.eos_token_ids = tuple(eos_token_ids)
+        self._seeds = np.random.default_rng(seed)
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = resolve_dtype(torch_dtype, device=device)
+        self.llm = vllm.LLM(
+            model=model,
+            dtype=str(dtype).removeprefix("torch."),
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            trust_remote_code=trust_remote_code,
+            logprobs_mode="raw_logprobs",
+            max_logprobs=max_logprobs,
+        )
+
+    def _sampling_params(self, request: GenerationRequest, *, sampling: SamplingSettings, topk):
+        # vLLM spells "disabled" as top_p=1, top_k=-1 (0 from v0.11 on), min_p=0, penalty=1.
+        return self._vllm.SamplingParams(
+            n=1,
+            temperature=sampling.temperature,
+            top_p=1.0 if sampling.top_p is None else sampling.top_p,
+            top_k=-1 if sampling.top_k is None else sampling.top_k,
+            min_p=0.0 if sampling.min_p is None else sampling.min_p,
+            repetition_penalty=(
+                1.0 if sampling.repetition_penalty is None else sampling.repetition_penalty
+            ),
+            max_tokens=request.max_new_tokens,
+            logprobs=topk,
+            seed=int(self._seeds.integers(_SEED_RANGE)),
+            detokenize=False,
+        )
+
+    def generate(
+        self,
+        requests: Sequence[GenerationRequest],
+        *,
+        sampling: SamplingSettings,
+        topk: int,
+    ) -> list[GenerationResult]:
+        if topk > self.max_logprobs:
+            raise BadInputError(
+                f"top-k of {topk} logprobs is above vLLM's max_logprobs ({self.max_logprobs})"
+            )
+        if not requests:
+            return []
+        prompts = [
+            self._vllm.TokensPrompt(prompt_token_ids=[int(t) for t in request.context_token_ids])
+            for request in requests
+        ]
+        params = [
+            self._sampling_params(request, sampling=sampling, topk=topk) for request in requests
+        ]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return [
+            completion_to_result(output.outputs[0], topk=topk, eos_token_ids=self.eos_token_ids)
+            for output in outputs
+        ]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Update the served weights in place (HF parameter names), then drop stale KV blocks."""
+        weights = list(named_tensors)
+
+        def load(model) -> None:
+            model.load_weights(weights)
+
+        self.llm.apply_model(load)
+        self.llm.reset_prefix_cache()
