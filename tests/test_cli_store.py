@@ -7,8 +7,8 @@ import sqlite3
 import numpy as np
 import pytest
 import typer
-
 from cli_runner import run_cli
+
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.cli import app
 from treerpo.store import database, repository

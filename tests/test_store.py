@@ -11,6 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import IntegrityError
 
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.errors import BadInputError
@@ -69,7 +70,8 @@ def _random_tree(rng: np.random.Generator, num_nodes: int):
         parents=parents,
         kinds=kinds,
         token_ids=[rng.integers(0, 2**31 - 1, size=n) for n in lengths],
-        logprobs=[np.zeros(0)] + [rng.standard_normal(n).astype(np.float32) * 10 for n in lengths[1:]],
+        logprobs=[np.zeros(0)]
+        + [rng.standard_normal(n).astype(np.float32) * 10 for n in lengths[1:]],
         texts=[f"segment {i} [bold]x[/] \\boxed{{{i}}}" for i in range(num_nodes)],
         split_entropies=[float(rng.random()) if k == "split" else None for k in kinds],
         finish_reasons=[("eos" if rng.random() < 0.5 else "budget") if k == "leaf" else None
@@ -95,7 +97,7 @@ def test_round_trip_of_a_random_tree_is_bit_exact(tmp_path_factory, seed, num_no
     assert loaded.tree_id == tree_id and loaded.problem == "problem 0" and loaded.reference == "42"
     assert loaded.logprob_temperature == 0.7
     assert len(loaded.nodes) == len(tree.nodes)
-    for original, back in zip(tree.nodes, loaded.nodes):
+    for original, back in zip(tree.nodes, loaded.nodes, strict=True):
         assert (back.index, back.parent, back.depth, back.ordinal, back.kind) == (
             original.index, original.parent, original.depth, original.ordinal, original.kind)
         assert back.children == original.children
@@ -149,7 +151,7 @@ def test_a_failed_write_leaves_no_tree(db_url):
         good = synthetic_tree(rng=np.random.default_rng(2), num_nodes=10)
         bad = synthetic_tree(rng=np.random.default_rng(3), num_nodes=10)
         bad.nodes[5].parent = 999  # violates the parent foreign key
-        with pytest.raises(Exception):
+        with pytest.raises(IntegrityError):
             repository.write_trees(store, trees=[good, bad], run_id=run_id,
                                    problem_ids=[problem_id, problem_id + 0], policy_version="v")
         assert repository.count_trees(store) == 0

@@ -8,7 +8,8 @@ containing `[bold]`, `[/]` or a terminal escape sequence is shown as written.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text

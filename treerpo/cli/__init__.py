@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import typer
 from typer.exceptions import Abort, TyperException
@@ -19,7 +19,7 @@ try:  # Typer ≥ 0.20 vendors Click; older releases use the click package itsel
 except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError
 
-from treerpo.cli import bench_commands, store_commands
+from treerpo.cli import bench_commands, generate_command, store_commands
 from treerpo.errors import TreerpoError
 
 app = typer.Typer(
@@ -40,11 +40,14 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks instead of one-line errors."
+    ),
 ) -> None:
     """Global options."""
 
 
+generate_command.register(app)
 store_commands.register(app)
 bench_commands.register(app)
 

@@ -7,8 +7,9 @@ Errors are raised as `treerpo.errors` exceptions and turned into one line + exit
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, Iterator, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
@@ -57,13 +58,13 @@ def store_at(url: str) -> Iterator[Store]:
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-def validated(model: type[ModelT], **values: Any) -> ModelT:
+def validated(settings_class: type[ModelT], /, **values: Any) -> ModelT:
     """Build a pydantic settings object; an invalid value becomes a one-line BadInputError
     naming the flag, e.g. `--temperature: Input should be greater than 0`."""
     try:
-        return model(**values)
+        return settings_class(**values)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or model.__name__
+        field = ".".join(str(part) for part in first["loc"]) or settings_class.__name__
         flag = "--" + field.replace("_", "-")
         raise BadInputError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from error

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from treerpo.cli.common import DEFAULT_DB, DbOption, JsonOption, print_json, stdout_console, store_at
+from treerpo.cli.common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    print_json,
+    stdout_console,
+    store_at,
+)
 from treerpo.store import database, repository
 from treerpo.views import tree_lines, tree_to_json, trees_json, trees_table
 

@@ -1,0 +1,188 @@
+"""`treerpo generate`: grow trees for a dataset's problems and store them (resumable)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from treerpo.cli import options as opt
+from treerpo.cli.common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    print_json,
+    stdout_console,
+    store_at,
+    validated,
+)
+from treerpo.config import GenerateConfig
+from treerpo.growth.runner import GenerateSummary
+
+
+def generate(
+    model: opt.Model,
+    dataset: opt.Dataset,
+    split: opt.Split = "train",
+    dataset_config: opt.DatasetConfigName = None,
+    limit: opt.Limit = None,
+    offset: opt.Offset = 0,
+    problem_field: opt.ProblemField = None,
+    answer_field: opt.AnswerField = None,
+    system_prompt: opt.SystemPrompt = None,
+    prompt_template: opt.PromptTemplate = None,
+    run: Annotated[str | None, typer.Option(
+        "--run", help="Run name (default: derived from dataset and settings; the same command "
+        "resumes the same run).")] = None,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="Problems grown together (their requests share every wave).")] = 16,
+    engine: opt.EngineOpt = "auto",
+    torch_dtype: opt.TorchDtype = "auto",
+    trust_remote_code: opt.TrustRemoteCode = False,
+    seed: opt.Seed = 0,
+    generation_batch_size: opt.GenerationBatchSize = 64,
+    gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
+    max_model_len: opt.MaxModelLen = None,
+    enable_prefix_caching: opt.EnablePrefixCaching = True,
+    rollout: opt.Rollout = "tree",
+    num_generations: opt.NumGenerations = 8,
+    max_depth: opt.MaxDepth = 7,
+    min_segment_len: opt.MinSegmentLen = 150,
+    entropy_threshold: opt.EntropyThreshold = 1.0,
+    entropy_topk: opt.EntropyTopk = 20,
+    coverage_min_chars: opt.CoverageMinChars = 150,
+    coverage_children_max: opt.CoverageChildrenMax = 4,
+    root_children: opt.RootChildren = 2,
+    split_delimiters: opt.SplitDelimiters = opt.DEFAULT_DELIMITERS,
+    temperature: opt.Temperature = 0.6,
+    top_p: opt.TopP = 0.85,
+    top_k: opt.TopK = 25,
+    min_p: opt.MinP = 0.0,
+    repetition_penalty: opt.RepetitionPenalty = 1.1,
+    max_new_tokens: opt.MaxNewTokens = 1300,
+    db: DbOption = DEFAULT_DB,
+    json_output: JsonOption = False,
+) -> None:
+    """Grow reasoning trees for a dataset's problems and store them.
+
+    Each problem gets one tree (DESIGN steps 1-7: root split, entropy splits, coverage splits),
+    written with all its nodes in one transaction. Re-running the same command resumes: problems
+    that already have a tree in the run are skipped. `--rollout flat --num-generations G`
+    stores plain GRPO samples (a root with G leaves) in the same store.
+
+    Examples:
+
+        treerpo generate --model Qwen/Qwen2.5-Math-1.5B-Instruct --dataset openai/gsm8k --limit 100
+
+        treerpo generate --model ./my-model --dataset problems.jsonl --max-depth 4 --run try1
+
+        treerpo generate --model ./my-model --dataset arith --rollout flat --num-generations 8
+    """
+    config = validated(
+        GenerateConfig,
+        run_name=run,
+        batch_size=batch_size,
+        data=opt.data_config(dataset=dataset, split=split, dataset_config=dataset_config,
+                             limit=limit, offset=offset, problem_field=problem_field,
+                             answer_field=answer_field),
+        engine=opt.engine_config(model=model, engine=engine, torch_dtype=torch_dtype,
+                                 trust_remote_code=trust_remote_code, seed=seed,
+                                 generation_batch_size=generation_batch_size,
+                                 gpu_memory_utilization=gpu_memory_utilization,
+                                 max_model_len=max_model_len,
+                                 enable_prefix_caching=enable_prefix_caching),
+        prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template),
+        tree=opt.tree_settings(rollout=rollout, num_generations=num_generations,
+                               max_depth=max_depth, min_segment_len=min_segment_len,
+                               entropy_threshold=entropy_threshold, entropy_topk=entropy_topk,
+                               coverage_min_chars=coverage_min_chars,
+                               coverage_children_max=coverage_children_max,
+                               root_children=root_children, split_delimiters=split_delimiters,
+                               max_new_tokens=max_new_tokens),
+        sampling=opt.sampling_config(temperature=temperature, top_p=top_p, top_k=top_k,
+                                     min_p=min_p, repetition_penalty=repetition_penalty),
+    )
+    from treerpo.engines import create_engine
+    from treerpo.engines.loading import policy_version
+    from treerpo.growth.runner import run_generate
+    from treerpo.problems.sources import load_problems
+
+    data = config.data
+    # Bad data is reported before the model loads (and before the store is touched).
+    load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
+                  limit=data.limit, offset=data.offset, problem_field=data.problem_field,
+                  answer_field=data.answer_field)
+    engine_settings = config.engine
+    policy, tokenizer = create_engine(
+        engine_settings.engine, model=engine_settings.model, seed=engine_settings.seed,
+        torch_dtype=engine_settings.torch_dtype,
+        trust_remote_code=engine_settings.trust_remote_code,
+        batch_size=engine_settings.generation_batch_size,
+        gpu_memory_utilization=engine_settings.gpu_memory_utilization,
+        max_model_len=engine_settings.max_model_len,
+        enable_prefix_caching=engine_settings.enable_prefix_caching,
+        max_logprobs=config.tree.entropy_topk,
+    )
+    console = stdout_console()
+    progress = Progress(
+        TextColumn("[bold]generate"), BarColumn(),
+        TextColumn("{task.completed}/{task.total} trees"),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, disable=json_output, transient=True,
+    )
+    task = progress.add_task("trees", total=None, rate="")
+
+    def on_start(summary: GenerateSummary) -> None:
+        progress.update(task, total=summary.problems_total - summary.problems_already_done)
+
+    def on_progress(summary: GenerateSummary) -> None:
+        elapsed = max(progress.tasks[0].elapsed or 1e-9, 1e-9)
+        progress.update(task, completed=summary.trees, rate=(
+            f"{summary.trees / elapsed:.2f} trees/s · {summary.leaves} leaves · "
+            f"{summary.tokens_decoded / elapsed:,.0f} tok/s"))
+
+    with store_at(db) as store, progress:
+        summary = run_generate(store=store, config=config, engine=policy, tokenizer=tokenizer,
+                               policy_version=policy_version(engine_settings.model),
+                               on_start=on_start, on_progress=on_progress)
+    if json_output:
+        print_json(summary_json(summary))
+    else:
+        console.print(summary_table(summary))
+
+
+def summary_json(summary: GenerateSummary) -> dict:
+    return {
+        "run": summary.run_name, "trees": summary.trees, "nodes": summary.nodes,
+        "leaves": summary.leaves, "max_depth": summary.max_depth,
+        "tokens_decoded": summary.tokens_decoded, "unique_tokens": summary.unique_tokens,
+        "skipped_rows": summary.problems_skipped_rows,
+        "already_done": summary.problems_already_done, "seconds": round(summary.seconds, 3),
+        "tree_ids": summary.tree_ids,
+    }
+
+
+def summary_table(summary: GenerateSummary) -> Table:
+    table = Table(title=f"generate · run {summary.run_name}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [
+        ("trees grown", f"{summary.trees}"),
+        ("problems already done (resumed)", f"{summary.problems_already_done}"),
+        ("rows skipped (no usable reference)", f"{summary.problems_skipped_rows}"),
+        ("nodes", f"{summary.nodes}"),
+        ("leaves per tree", f"{summary.leaves_per_tree:.2f}"),
+        ("max depth", f"{summary.max_depth}"),
+        ("tokens decoded", f"{summary.tokens_decoded:,}"),
+        ("unique tree tokens", f"{summary.unique_tokens:,}"),
+        ("seconds", f"{summary.seconds:.1f}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate)

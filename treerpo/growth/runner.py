@@ -1,0 +1,147 @@
+"""`treerpo generate` as a library call: load problems, grow trees in batches, store each one.
+
+Resumable: the run is found by name, problems that already have a tree in the run are skipped,
+and every tree is written with all its nodes in one transaction, so a `kill -9` at any moment
+followed by the same command ends with exactly one complete tree per problem.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from treerpo.config import GenerateConfig
+from treerpo.engines.base import Engine
+from treerpo.growth.grower import grow_trees
+from treerpo.growth.settings import SamplingConfig, TreeSettings
+from treerpo.problems.prompts import PromptSettings
+from treerpo.problems.sources import Problem, load_problems
+from treerpo.store import repository
+from treerpo.store.database import Store
+from treerpo.trees import Tree
+
+
+@dataclass
+class GenerateSummary:
+    run_name: str
+    problems_total: int = 0
+    problems_skipped_rows: int = 0  # dataset rows without a usable problem or reference
+    problems_already_done: int = 0
+    trees: int = 0
+    nodes: int = 0
+    leaves: int = 0
+    max_depth: int = 0
+    tokens_decoded: int = 0
+    unique_tokens: int = 0
+    seconds: float = 0.0
+    tree_ids: list[int] = field(default_factory=list)
+
+    @property
+    def leaves_per_tree(self) -> float:
+        return self.leaves / self.trees if self.trees else 0.0
+
+
+ProgressCallback = Callable[[GenerateSummary], None]
+
+
+def grow_and_store(
+    *,
+    store: Store,
+    engine: Engine,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    problem_ids: Sequence[int],
+    run_id: int,
+    policy_version: str,
+    prompt: PromptSettings,
+    tree_settings: TreeSettings,
+    sampling: SamplingConfig,
+    seed: int,
+    epoch: int = 0,
+    summary: GenerateSummary | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> list[Tree]:
+    """Grow one tree per problem in one batch of waves, then store each tree (one transaction
+    each). Shared by `generate` and by chained training."""
+    rendered = [prompt.build(tokenizer, problem.problem) for problem in problems]
+    trees, stats = grow_trees(
+        engine=engine,
+        tokenizer=tokenizer,
+        prompts=[item.token_ids for item in rendered],
+        settings=tree_settings,
+        sampling=sampling.to_settings(),
+        seed=seed,
+    )
+    for tree, problem, problem_id, prompt_view in zip(
+        trees, problems, problem_ids, rendered, strict=True
+    ):
+        tree.problem = problem.problem
+        tree.reference = problem.reference
+        tree.root.text = prompt_view.text
+        tree.rollout = tree_settings.rollout
+        tree_id = repository.write_tree(store, tree=tree, run_id=run_id, problem_id=problem_id,
+                                        policy_version=policy_version, epoch=epoch)
+        if summary is not None:
+            summary.trees += 1
+            summary.nodes += len(tree.nodes)
+            summary.leaves += len(tree.leaves())
+            summary.max_depth = max(summary.max_depth, tree.max_depth)
+            summary.tree_ids.append(tree_id)
+            if on_progress is not None:
+                on_progress(summary)
+    if summary is not None:
+        summary.tokens_decoded += stats.decoded_tokens
+        summary.unique_tokens += stats.unique_tokens
+    return trees
+
+
+def run_generate(
+    *,
+    store: Store,
+    config: GenerateConfig,
+    engine: Engine,
+    tokenizer: Any,
+    policy_version: str,
+    on_start: Callable[[GenerateSummary], None] | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> GenerateSummary:
+    """Grow and store a tree for every problem of `config.data` that the run lacks."""
+    started = time.perf_counter()
+    data = config.data
+    problem_set = load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
+                                limit=data.limit, offset=data.offset,
+                                problem_field=data.problem_field, answer_field=data.answer_field)
+    summary = GenerateSummary(run_name=config.resolved_run_name(),
+                              problems_total=len(problem_set.problems),
+                              problems_skipped_rows=problem_set.skipped)
+    # Check the prompt renders before touching the store (no chat template → exit 2).
+    config.prompt.build(tokenizer, problem_set.problems[0].problem)
+    run = repository.get_or_create_run(store, name=summary.run_name, kind="generate",
+                                       model=config.engine.model,
+                                       config=config.model_dump(mode="json"))
+    problem_ids = repository.upsert_problems(store, [
+        (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
+        for p in problem_set.problems
+    ])
+    done = repository.completed_problem_ids(store, run_id=run.id)
+    todo = [(problem, problem_id) for problem, problem_id
+            in zip(problem_set.problems, problem_ids, strict=True) if problem_id not in done]
+    summary.problems_already_done = len(problem_set.problems) - len(todo)
+    if on_start is not None:
+        on_start(summary)
+    for batch_index, start in enumerate(range(0, len(todo), config.batch_size)):
+        batch = todo[start:start + config.batch_size]
+        grow_and_store(
+            store=store, engine=engine, tokenizer=tokenizer,
+            problems=[problem for problem, _ in batch],
+            problem_ids=[problem_id for _, problem_id in batch],
+            run_id=run.id, policy_version=policy_version, prompt=config.prompt,
+            tree_settings=config.tree, sampling=config.sampling,
+            seed=config.engine.seed * 1_000_003 + batch_index,
+            summary=summary, on_progress=on_progress,
+        )
+    repository.finish_run(store, run.id)
+    summary.seconds = time.perf_counter() - started
+    return summary
