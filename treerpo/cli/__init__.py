@@ -19,7 +19,7 @@ try:  # Typer ≥ 0.20 vendors Click; older releases use the click package itsel
 except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError
 
-from treerpo.cli import bench_commands, generate_command, store_commands
+from treerpo.cli import bench_commands, generate_command, score_command, store_commands
 from treerpo.errors import TreerpoError
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ def _root(
 
 
 generate_command.register(app)
+score_command.register(app)
 store_commands.register(app)
 bench_commands.register(app)
 

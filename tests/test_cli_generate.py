@@ -1,0 +1,174 @@
+"""`treerpo generate` end to end with the tiny model on real GSM8K rows: storage, resume, errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cli_runner import run_cli
+
+from treerpo.store import repository
+
+SMALL_TREE = ["--max-new-tokens", "40", "--min-segment-len", "8", "--max-depth", "3",
+              "--coverage-min-chars", "10", "--entropy-threshold", "0.5"]
+
+
+def _generate(model_dir, gsm8k_dir, db_url, *extra):
+    return run_cli("generate", "--model", str(model_dir), "--dataset",
+                   str(gsm8k_dir / "test.jsonl"), "--db", db_url, *SMALL_TREE, *extra)
+
+
+def _tree_rows(db_path: Path) -> list[tuple[int, int]]:
+    with sqlite3.connect(db_path) as connection:
+        try:
+            return connection.execute("SELECT problem_id, num_nodes FROM trees").fetchall()
+        except sqlite3.OperationalError:  # the store is still being created
+            return []
+
+
+def test_generate_stores_complete_trees(tiny_model_dir, gsm8k_dir, db_url, tmp_path):
+    result = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = result.json()
+    assert summary["trees"] == 3 and summary["tokens_decoded"] == summary["unique_tokens"]
+    listed = run_cli("trees", "--db", db_url, "--json").json()
+    assert len(listed) == 3
+    tree = run_cli("inspect", str(listed[0]["tree_id"]), "--db", db_url, "--json").json()
+    assert tree["reference"] == "18" and tree["problem"].startswith("Janet")
+    root = tree["root"]
+    assert root["text"].endswith("<|im_start|>assistant\n") and "Janet" in root["text"]
+    assert len(root["children"]) == 2  # the root split
+    first_tokens = {child["token_ids"][0] for child in root["children"]}
+    assert len(first_tokens) == 2
+
+    def paths(node, used):
+        used = used + node["num_tokens"]
+        if not node["children"]:
+            return [used]
+        return [p for child in node["children"] for p in paths(child, used)]
+
+    assert max(p - root["num_tokens"] for p in paths(root, 0)) <= 40
+
+
+def test_same_command_resumes_without_duplicates(tiny_model_dir, gsm8k_dir, db_url, tmp_path,
+                                                 monkeypatch):
+    from treerpo.store import repository as repo_module
+
+    real_insert = repo_module._insert_nodes
+    calls = {"n": 0}
+
+    def crash_on_third_tree(connection, rows):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies inside the transaction, after the tree row went in
+            raise RuntimeError("simulated crash")
+        real_insert(connection, rows)
+
+    monkeypatch.setattr(repo_module, "_insert_nodes", crash_on_third_tree)
+    crashed = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "4", "--batch-size", "2")
+    assert crashed.exit_code == 1 and "simulated crash" in crashed.stderr
+    rows = _tree_rows(tmp_path / "store.db")
+    assert len(rows) == 2  # the third tree is not visible, not even its row
+    monkeypatch.setattr(repo_module, "_insert_nodes", real_insert)
+    resumed = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "4", "--batch-size", "2",
+                        "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.json()["already_done"] == 2 and resumed.json()["trees"] == 2
+    problems = [problem_id for problem_id, _ in _tree_rows(tmp_path / "store.db")]
+    assert sorted(problems) == sorted(set(problems)) and len(problems) == 4
+    with sqlite3.connect(tmp_path / "store.db") as connection:
+        orphans = connection.execute(
+            "SELECT count(*) FROM nodes WHERE tree_id NOT IN (SELECT id FROM trees)").fetchone()
+        assert orphans == (0,)
+
+
+def test_kill_9_then_same_command(tiny_model_dir, gsm8k_dir, tmp_path):
+    db_path = tmp_path / "killed.db"
+    command = [sys.executable, "-m", "treerpo.cli", "generate", "--model", str(tiny_model_dir),
+               "--dataset", str(gsm8k_dir / "test.jsonl"), "--db", f"sqlite:///{db_path}",
+               "--limit", "6", "--batch-size", "1", *SMALL_TREE]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if db_path.exists() and len(_tree_rows(db_path)) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(_tree_rows(db_path)) < 6, "the run finished before it could be killed"
+    finished = subprocess.run(command + ["--json"], env=env, capture_output=True, text=True,
+                              timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    rows = _tree_rows(db_path)
+    assert len(rows) == 6 and len({problem for problem, _ in rows}) == 6
+    with sqlite3.connect(db_path) as connection:
+        per_tree = dict(connection.execute("SELECT tree_id, count(*) FROM nodes GROUP BY tree_id"))
+        sizes = dict(connection.execute("SELECT id, num_nodes FROM trees"))
+    assert per_tree == sizes
+
+
+def test_flat_rollout(tiny_model_dir, gsm8k_dir, db_url):
+    result = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "2", "--rollout", "flat",
+                       "--num-generations", "3", "--json")
+    assert result.exit_code == 0, result.stderr
+    for row in run_cli("trees", "--db", db_url, "--json").json():
+        assert row["num_nodes"] == 4 and row["num_leaves"] == 3 and row["rollout"] == "flat"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--dataset", "missing.jsonl"], "missing.jsonl"),
+        (["--temperature", "0"], "--temperature"),
+        (["--top-p", "1.5"], "--top-p"),
+        (["--engine", "tpu"], "engine"),
+        (["--model", "/no/such/model"], "/no/such/model"),
+        (["--limit", "0"], "--limit"),
+    ],
+)
+def test_bad_input_exit_2_store_unchanged(tiny_model_dir, gsm8k_dir, tmp_path, args, message):
+    db_path = tmp_path / "store.db"
+    run_cli("db", "upgrade", "--db", f"sqlite:///{db_path}")
+    before = db_path.read_bytes()
+    base = {"--model": str(tiny_model_dir), "--dataset": str(gsm8k_dir / "test.jsonl")}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    flat_args = [item for pair in base.items() for item in pair]
+    result = run_cli("generate", *flat_args, "--db", f"sqlite:///{db_path}", "--limit",
+                     base.get("--limit", "2"), *SMALL_TREE)
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+    assert db_path.read_bytes() == before
+
+
+def test_empty_dataset_and_no_problem_column(tiny_model_dir, tmp_path, db_url):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    no_column = tmp_path / "odd.jsonl"
+    no_column.write_text('{"text": "hi", "answer": "1"}\n')
+    for path, message in [(empty, "no rows"), (no_column, "text")]:
+        result = run_cli("generate", "--model", str(tiny_model_dir), "--dataset", str(path),
+                         "--db", db_url)
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert run_cli("trees", "--db", db_url, "--json").json() == []
+
+
+def test_run_config_is_stored_whole(tiny_model_dir, gsm8k_dir, db_url):
+    assert _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "1", "--run", "cfg").exit_code == 0
+    from treerpo.store.database import open_store
+
+    store = open_store(db_url)
+    try:
+        run = repository.find_run(store, "cfg")
+    finally:
+        store.close()
+    assert run.kind == "generate" and run.status == "finished"
+    assert run.config["tree"]["max_depth"] == 3 and run.config["sampling"]["top_p"] == 0.85
+    assert run.config["tree"]["split_delimiters"] == ["\n", "!", ".", "?", ";", ":"]

@@ -1,0 +1,112 @@
+"""`treerpo score`: back-fill leaf rewards, node values and sibling advantages."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from treerpo.cli.common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    print_json,
+    stdout_console,
+    store_at,
+)
+from treerpo.scoring.scorer import ScoreStats
+
+RewardFnOption = Annotated[str | None, typer.Option(
+    "--reward-fn", help="MODULE:FUNCTION called with completion=, reference=, problem= and "
+    "returning a float in [0, 1] (default: the verified \\boxed{} answer check).")]
+
+
+def score(
+    tree_id: Annotated[list[int] | None, typer.Option(
+        "--tree-id", help="Score only this tree (repeatable).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Only trees of this run.")] = None,
+    rescore: Annotated[bool, typer.Option(
+        "--rescore", help="Recompute trees that are already scored.")] = False,
+    reward_fn: RewardFnOption = None,
+    workers: Annotated[int | None, typer.Option(
+        "--workers", min=1, help="Reward worker processes (default: one per CPU).")] = None,
+    db: DbOption = DEFAULT_DB,
+    json_output: JsonOption = False,
+) -> None:
+    """Score stored trees: leaf rewards, node values (mean of descendant leaves), advantages.
+
+    A leaf's reward is 1 when the last \\boxed{...} of its path's completion equals the
+    reference mathematically (math-verify), else 0; `--reward-fn` plugs in your own. Each
+    node's value is the mean reward of all leaves below it; a node with siblings gets
+    advantage = value - mean value of its sibling group. Idempotent: scored trees are skipped
+    unless `--rescore`. All or nothing: a failing reward function leaves the store unchanged.
+
+    Examples:
+
+        treerpo score
+
+        treerpo score --tree-id 3 --tree-id 4 --rescore
+
+        treerpo score --rescore --reward-fn my_rewards:length_penalised
+    """
+    from treerpo.scoring.rewards import resolve_reward_fn
+    from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score
+    from treerpo.store import repository
+
+    resolve_reward_fn(reward_fn)  # refuse a bad --reward-fn before opening the store
+    console = stdout_console()
+    with store_at(db) as store:
+        run_id = repository.find_run(store, run).id if run is not None else None
+        selected = select_trees_to_score(store, tree_ids=tree_id, run_id=run_id, rescore=rescore)
+        progress = Progress(
+            TextColumn("[bold]score"), BarColumn(),
+            TextColumn("{task.completed}/{task.total} leaves"), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, disable=json_output, transient=True)
+        task = progress.add_task("leaves", total=None)
+        with progress:
+            stats = score_stored_trees(
+                store, tree_ids=selected, reward_fn_spec=reward_fn, workers=workers,
+                on_progress=lambda done, total: progress.update(task, completed=done,
+                                                                total=total))
+    if json_output:
+        print_json(stats_json(stats))
+    else:
+        console.print(stats_table(stats))
+
+
+def stats_json(stats: ScoreStats) -> dict:
+    return {
+        "trees": stats.num_trees, "leaves": stats.num_leaves, "mean_reward": stats.mean_reward,
+        "uniform_tree_share": stats.uniform_tree_share,
+        "mean_abs_advantage": stats.mean_abs_advantage,
+        "leaves_per_second": round(stats.leaves_per_second, 1), "seconds": round(stats.seconds, 3),
+        "workers": stats.workers,
+    }
+
+
+def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def stats_table(stats: ScoreStats) -> Table:
+    table = Table(title="score")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for row in [
+        ("trees scored", f"{stats.num_trees}"),
+        ("leaves", f"{stats.num_leaves}"),
+        ("mean reward", _fmt(stats.mean_reward)),
+        ("trees whose leaves all agree (no signal)", _fmt(stats.uniform_tree_share, "{:.1%}")),
+        ("mean |advantage|", _fmt(stats.mean_abs_advantage)),
+        ("leaves / s", f"{stats.leaves_per_second:,.0f}"),
+        ("worker processes", f"{stats.workers}"),
+        ("seconds", f"{stats.seconds:.2f}"),
+    ]:
+        table.add_row(*row)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    app.command("score")(score)
