@@ -15,6 +15,18 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 GSM8K_DIR = SHARED_DATA / "gsm8k"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the suite runs in two worker processes on two
+    cores: more threads would only wait for each other."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Qwen2 causal LM + byte-level BPE tokenizer with a chat template (safetensors)."""

@@ -1,8 +1,12 @@
 """The vLLM engine: offline `vllm.LLM` with token-id prompts, raw top-k logprobs, prefix caching.
 
-Written against vLLM's V1 offline API as of v0.10.2-v0.11.0 (read in the v0.11.0 sources); vLLM
-cannot be installed on the CPU machines treerpo is developed on, so the tests run it against
-`tests/fake_vllm.py`, a stand-in of the same API subset. What is used:
+Written against vLLM's V1 offline API as read in the v0.11.0 sources, and spot-checked in v0.10.2
+(the minimum `treerpo[vllm]` asks for): `logprobs_mode` (an enum there, built from its string
+value by the pydantic model config), `LLM.apply_model`, `LLM.reset_prefix_cache`, top_k 0/-1 as
+"disabled", the logprob dicts and the stop checks are the same. vLLM cannot be installed on the
+CPU machines treerpo is developed on, so the tests run this engine against
+`tests/fake_vllm.py`, a stand-in of the same API subset.
+What is used:
 
 - `vllm.LLM(model=, dtype=, seed=, gpu_memory_utilization=, max_model_len=,
   enable_prefix_caching=, trust_remote_code=, logprobs_mode="raw_logprobs", max_logprobs=)`;
@@ -22,10 +26,12 @@ temperature (its "processed" logprobs are after the sampling transforms), so thi
 any other value.
 
 Weight updates: `load_weights` runs `model.load_weights(named_tensors)` inside the worker through
-`LLM.apply_model` (the path TRL's colocate mode reaches through
-`llm.llm_engine.model_executor.driver_worker.worker.model_runner.model`), then resets the prefix
-cache, whose blocks hold keys and values of the old weights. This needs the engine core in this
-process: the constructor sets `VLLM_ENABLE_V1_MULTIPROCESSING=0` unless the user set it.
+`LLM.apply_model`, the public route to the model object that colocated RL trainers reach by the
+private path `llm.llm_engine.model_executor.driver_worker.worker.model_runner.model`
+(`apply_model` also unwraps a CUDA-graph wrapper), then resets the prefix cache, whose blocks
+hold keys and values of the old weights. This needs the engine core in this
+process (with V1 multiprocessing, `apply_model` would have to pickle the weights across processes):
+the constructor sets `VLLM_ENABLE_V1_MULTIPROCESSING=0` unless the user set it.
 
 Sampling differences with the HF engine, none of which touch the reported logprobs: vLLM applies
 min-p before top-k/top-p, and each request gets its own seed drawn from the engine's seeded
@@ -81,7 +87,9 @@ def completion_to_result(
     logprobs = np.empty(num_tokens, dtype=np.float32)  # (T,)
     topk_token_ids = np.empty((num_tokens, topk), dtype=np.int32)  # (T, K)
     topk_logprobs = np.empty((num_tokens, topk), dtype=np.float32)  # (T, K)
-    for position, (token_id, candidates) in enumerate(zip(token_ids.tolist(), position_logprobs)):
+    for position, (token_id, candidates) in enumerate(
+        zip(token_ids.tolist(), position_logprobs, strict=True)
+    ):
         logprobs[position] = candidates[token_id].logprob
         entries = [
             (candidate_id, entry.logprob)

@@ -1,0 +1,102 @@
+"""Generation engines: one protocol (`base.Engine`), two implementations, one factory.
+
+`create_engine("auto")` picks vLLM when it is importable and a CUDA GPU is present, else the
+Hugging Face transformers engine. Both are imported lazily: vLLM only exists on GPU machines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Literal
+
+from treerpo.engines.base import Engine, GenerationRequest, GenerationResult, SamplingSettings
+from treerpo.engines.loading import TorchDtypeName
+from treerpo.errors import BadInputError
+
+EngineName = Literal["auto", "hf", "vllm"]
+
+__all__ = [
+    "Engine",
+    "EngineName",
+    "GenerationRequest",
+    "GenerationResult",
+    "SamplingSettings",
+    "create_engine",
+    "resolve_engine_name",
+]
+
+
+def resolve_engine_name(name: str) -> Literal["hf", "vllm"]:
+    """`auto` → "vllm" when vLLM is importable and CUDA is available, else "hf"."""
+    if name in ("hf", "vllm"):
+        return name  # type: ignore[return-value]
+    if name != "auto":
+        raise BadInputError(f"unknown engine {name!r}: use auto, hf or vllm")
+    import torch
+
+    if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
+        return "vllm"
+    return "hf"
+
+
+def create_engine(
+    name: str,
+    *,
+    model: str,
+    seed: int,
+    torch_dtype: TorchDtypeName = "auto",
+    trust_remote_code: bool = False,
+    logprob_temperature: float = 1.0,
+    batch_size: int = 64,
+    device: str | None = None,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+    enable_prefix_caching: bool = True,
+    max_logprobs: int = 20,
+):
+    """Load `model` into the named engine; returns `(engine, tokenizer)`.
+
+    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`,
+    `enable_prefix_caching` and `max_logprobs` to vLLM. Errors are `BadInputError`s.
+    """
+    from treerpo.engines.loading import (
+        eos_token_ids,
+        load_generation_config,
+        load_policy,
+        load_tokenizer,
+    )
+
+    resolved = resolve_engine_name(name)
+    if resolved == "vllm":
+        from treerpo.engines.vllm import VLLMEngine, import_vllm
+
+        import_vllm()  # fail on a missing vLLM before loading anything
+        tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+        engine = VLLMEngine(
+            model,
+            seed=seed,
+            torch_dtype=torch_dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            enable_prefix_caching=enable_prefix_caching,
+            trust_remote_code=trust_remote_code,
+            logprob_temperature=logprob_temperature,
+            max_logprobs=max_logprobs,
+            eos_token_ids=eos_token_ids(tokenizer, load_generation_config(model)),
+        )
+        return engine, tokenizer
+
+    from treerpo.engines.hf import HFEngine
+
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    policy = load_policy(
+        model, torch_dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code
+    )
+    engine = HFEngine(
+        policy,
+        tokenizer,
+        seed=seed,
+        logprob_temperature=logprob_temperature,
+        batch_size=batch_size,
+    )
+    return engine, tokenizer
