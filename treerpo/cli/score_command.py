@@ -31,7 +31,8 @@ def score(
         "--rescore", help="Recompute trees that are already scored.")] = False,
     reward_fn: RewardFnOption = None,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Reward worker processes (default: one per CPU).")] = None,
+        "--workers", min=1, help="Reward worker processes (default: in this process, or one per "
+        "CPU when the leaves would take more than a few seconds).")] = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
