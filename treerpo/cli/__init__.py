@@ -19,7 +19,13 @@ try:  # Typer ≥ 0.20 vendors Click; older releases use the click package itsel
 except ImportError:  # pragma: no cover
     from click.exceptions import NoArgsIsHelpError
 
-from treerpo.cli import bench_commands, generate_command, score_command, store_commands
+from treerpo.cli import (
+    bench_commands,
+    eval_command,
+    generate_command,
+    score_command,
+    store_commands,
+)
 from treerpo.errors import TreerpoError
 
 app = typer.Typer(
@@ -51,6 +57,7 @@ generate_command.register(app)
 score_command.register(app)
 store_commands.register(app)
 bench_commands.register(app)
+eval_command.register(app)
 
 
 def _wants_debug(args: Sequence[str]) -> bool:

@@ -20,6 +20,7 @@ from treerpo.errors import BadInputError
 from treerpo.store.arrays import pack_logprobs, pack_token_ids, unpack_logprobs, unpack_token_ids
 from treerpo.store.database import Store
 from treerpo.store.models import (
+    EvalResultRow,
     NodeRow,
     ProblemRow,
     RunRow,
@@ -372,3 +373,112 @@ def delete_tree(store: Store, tree_id: int) -> None:
     with store.session() as session, session.begin():
         session.execute(delete(NodeRow).where(NodeRow.tree_id == tree_id))
         session.execute(delete(TreeRow).where(TreeRow.id == tree_id))
+
+
+# --- eval results (`treerpo eval gsm8k`, `treerpo eval show`) ---------------------------------
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One evaluated problem in one mode, as written to `eval_results`."""
+
+    problem_id: int
+    mode: str  # "greedy" or "maj@K"
+    completions: list[str]
+    answers: list[str | None]  # the extracted \boxed{} answer of each completion, None if none
+    vote: str | None
+    correct: bool
+    num_tokens: int  # completion tokens of all the completions together
+
+
+@dataclass(frozen=True)
+class StoredEvalResult:
+    """A stored eval record with its problem; `completions` is None unless asked for."""
+
+    problem_id: int
+    dataset: str
+    split: str
+    row_index: int
+    problem: str
+    reference: str
+    mode: str
+    answers: list[str | None]
+    vote: str | None
+    correct: bool
+    num_tokens: int
+    completions: list[str] | None
+
+
+def save_eval_run_config(
+    store: Store, *, run_id: int, model: str, config: dict[str, Any], discard_results: bool
+) -> None:
+    """Store an eval run's latest configuration; with `discard_results`, delete its records
+    first (the run is being redone with other settings). One transaction."""
+    with store.session() as session, session.begin():
+        if discard_results:
+            session.execute(delete(EvalResultRow).where(EvalResultRow.run_id == run_id))
+        session.execute(
+            update(RunRow).where(RunRow.id == run_id).values(model=model, config=config)
+        )
+
+
+def completed_eval_keys(store: Store, *, run_id: int) -> set[tuple[int, str]]:
+    """The (problem id, mode) pairs the run already has a record for."""
+    with store.session() as session:
+        rows = session.execute(
+            select(EvalResultRow.problem_id, EvalResultRow.mode)
+            .where(EvalResultRow.run_id == run_id)
+        )
+        return {(problem_id, mode) for problem_id, mode in rows}
+
+
+def write_eval_results(store: Store, *, run_id: int, records: Sequence[EvalRecord]) -> None:
+    """Write records in one transaction, replacing any the run has for the same problem and
+    mode."""
+    if not records:
+        return
+    now = utcnow()
+    with store.session() as session, session.begin():
+        for mode in {record.mode for record in records}:
+            problem_ids = [record.problem_id for record in records if record.mode == mode]
+            session.execute(delete(EvalResultRow).where(
+                EvalResultRow.run_id == run_id, EvalResultRow.mode == mode,
+                EvalResultRow.problem_id.in_(problem_ids)))
+        session.execute(insert(EvalResultRow), [
+            {"run_id": run_id, "problem_id": record.problem_id, "mode": record.mode,
+             "completions": record.completions, "answers": record.answers, "vote": record.vote,
+             "correct": record.correct, "num_tokens": record.num_tokens, "created_at": now}
+            for record in records
+        ])
+
+
+def list_eval_results(
+    store: Store,
+    *,
+    run_id: int,
+    failures_only: bool = False,
+    include_completions: bool = False,
+) -> list[StoredEvalResult]:
+    """The run's eval records with their problems, by dataset row then mode."""
+    summary_columns = [
+        EvalResultRow.problem_id, ProblemRow.dataset, ProblemRow.split, ProblemRow.row_index,
+        ProblemRow.problem, ProblemRow.reference, EvalResultRow.mode, EvalResultRow.answers,
+        EvalResultRow.vote, EvalResultRow.correct, EvalResultRow.num_tokens,
+    ]
+    # Completions are the bulk of a record: read only when asked for.
+    extra_columns = [EvalResultRow.completions] if include_completions else []
+    query = (
+        select(*summary_columns, *extra_columns)
+        .join(ProblemRow, ProblemRow.id == EvalResultRow.problem_id)
+        .where(EvalResultRow.run_id == run_id)
+        .order_by(ProblemRow.dataset, ProblemRow.split, ProblemRow.row_index, EvalResultRow.mode)
+    )
+    if failures_only:
+        query = query.where(EvalResultRow.correct.is_(False))
+    with store.session() as session:
+        rows = session.execute(query).all()
+    return [
+        StoredEvalResult(*row[:len(summary_columns)],
+                         completions=row[-1] if include_completions else None)
+        for row in rows
+    ]
