@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from treerpo.growth.settings import SamplingConfig, TreeSettings
 from treerpo.problems.prompts import PromptSettings
@@ -78,3 +79,92 @@ class GenerateConfig(_Strict):
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.data.dataset).stem).strip("-").lower()
         return f"{self.tree.rollout}-{stem or 'data'}-{self.data.split}-{digest}"
+
+
+# --- train ------------------------------------------------------------------------------------
+
+LossAggregation = Literal["group", "token"]
+ReportTo = Literal["none", "tensorboard", "wandb"]
+# transformers `get_scheduler` names that need nothing beyond warmup and total steps.
+SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+                   "constant_with_warmup", "inverse_sqrt")
+
+
+class OptimizationConfig(_Strict):
+    """The update: batch shape, schedule, AdamW and the TreeRPO loss. Names follow TRL's
+    `GRPOConfig` (see the README's mapping table)."""
+
+    per_device_train_batch_size: int = Field(default=8, ge=1, description="trees per micro-batch")
+    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    num_train_epochs: float = Field(default=1.0, gt=0.0)
+    max_steps: int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
+    learning_rate: float = Field(default=1e-6, ge=0.0)
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    max_grad_norm: float = Field(default=1.0, ge=0.0, description="0 disables clipping")
+    beta: float = Field(default=0.0, ge=0.0, description="k3 KL weight; 0 loads no reference")
+    epsilon: float = Field(default=0.2, gt=0.0, lt=1.0)
+    epsilon_high: float | None = Field(default=None, gt=0.0)
+    num_iterations: int = Field(default=1, ge=1, description="optimizer steps per batch (PPO μ)")
+    loss_aggregation: LossAggregation = "group"
+    max_packed_tokens: int | None = Field(default=None, ge=16)
+    gradient_checkpointing: bool = False
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, name: str) -> str:
+        if name not in SCHEDULER_TYPES:
+            raise ValueError(f"unknown scheduler; use one of {', '.join(SCHEDULER_TYPES)}")
+        return name
+
+
+class TrainConfig(_Strict):
+    """`treerpo train`: replay stored trees (no `data`) or grow them on-policy (`data` set)."""
+
+    run_name: str | None = None
+    output_dir: str
+    source_runs: list[str] = Field(default_factory=list, description="replay: [] = all runs")
+    engine: EngineConfig
+    data: DataConfig | None = None
+    prompt: PromptSettings = PromptSettings()
+    tree: TreeSettings = TreeSettings()
+    sampling: SamplingConfig = SamplingConfig()
+    optimization: OptimizationConfig = OptimizationConfig()
+    save_steps: int = Field(default=500, ge=1)
+    save_total_limit: int | None = Field(default=None, ge=1)
+    logging_steps: int = Field(default=10, ge=1)
+    report_to: ReportTo = "none"
+    resume_from_checkpoint: str | None = None
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_is_writable(cls, output_dir: str) -> str:
+        # The nearest existing ancestor must be a folder we may write into: failing here is
+        # an exit-2 before any model loads, not a crash at the first checkpoint.
+        path = Path(output_dir).expanduser().absolute()
+        existing = path
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{existing} is a file, not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{existing} is not writable")
+        return output_dir
+
+    @property
+    def chained(self) -> bool:
+        return self.data is not None
+
+    def resolved_run_name(self) -> str:
+        """`--run-name`, or a name derived from the output folder and a hash of everything
+        that shapes the updates: the same command (resumed or not) keeps its run."""
+        if self.run_name:
+            return self.run_name
+        shaping = self.model_dump(mode="json", exclude={
+            "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
+            "save_total_limit", "report_to"})
+        shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
+        digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
+        stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.output_dir).name).strip("-").lower()
+        return f"train-{stem or 'out'}-{digest}"

@@ -25,6 +25,7 @@ from treerpo.cli import (
     generate_command,
     score_command,
     store_commands,
+    train_command,
 )
 from treerpo.errors import TreerpoError
 
@@ -58,6 +59,7 @@ score_command.register(app)
 store_commands.register(app)
 bench_commands.register(app)
 eval_command.register(app)
+train_command.register(app)
 
 
 def _wants_debug(args: Sequence[str]) -> bool:

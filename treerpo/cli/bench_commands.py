@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 from rich.table import Table
 
@@ -55,6 +58,74 @@ def bench_store(
         ("load s", f"{result.load_seconds:.3f}", ""),
         ("render s", f"{result.render_seconds:.3f}", ""),
         ("inspect s (load + render)", f"{result.inspect_seconds:.3f}", "< 0.5"),
+    ]))
+
+
+@bench_app.command("generate")
+def bench_generate(
+    problems: int = typer.Option(8, "--problems", min=1, help="Problems in flight."),
+    max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=2,
+                                       help="Completion tokens per path (tree and flat)."),
+    hidden_size: int = typer.Option(256, "--hidden-size", min=8,
+                                    help="Hidden size of the random Qwen2 model (multiple of 8)."),
+    layers: int = typer.Option(4, "--layers", min=1, help="Layers of the random model."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model, the engine and the growth."),
+    data_file: Annotated[Path | None, typer.Option(
+        "--data-file", exists=True, help="GSM8K-style .jsonl/.json/.parquet/.csv whose first "
+        "rows are the problems; default: the first GSM8K test questions, built in.")] = None,
+    threads: int = typer.Option(1, "--threads", min=0,
+                                help="Torch CPU threads during the run; 0 keeps torch's default."),
+    json_output: JsonOption = False,
+) -> None:
+    """Grow trees for several problems at once with the Hugging Face engine on a random Qwen2
+    model, then sample flat (GRPO) as many leaves with the same engine: tokens decoded per unique
+    tree token, and seconds per leaf of the tree against flat sampling.
+
+    Tree settings are DESIGN's, scaled to --max-new-tokens; the entropy threshold is the median
+    entropy the warm-up decoded, because a random model's top-20 entropy is ~3.0 nats everywhere.
+
+    Examples:
+
+        treerpo bench generate
+
+        treerpo bench generate --problems 4 --max-new-tokens 300 --json
+    """
+    from treerpo.bench.generate_bench import run_generate_bench
+
+    result = run_generate_bench(problems=problems, max_new_tokens=max_new_tokens,
+                                hidden_size=hidden_size, num_layers=layers, seed=seed,
+                                data_file=data_file, threads=threads)
+    if json_output:
+        print_json({"waste_ratio": result.waste_ratio,
+                    "seconds_per_leaf_ratio": round(result.seconds_per_leaf_ratio, 4),
+                    "tokens_per_leaf_ratio": round(result.tokens_per_leaf_ratio, 4),
+                    "leaves": result.tree.num_leaves,
+                    "tokens_decoded": result.tree.decoded_tokens,
+                    "unique_tokens": result.tree.unique_tokens,
+                    "tree_seconds": round(result.tree_seconds, 3),
+                    "flat_leaves": result.flat.num_leaves,
+                    "flat_tokens": result.flat.decoded_tokens,
+                    "flat_seconds": round(result.flat_seconds, 3),
+                    "entropy_threshold": round(result.tree_settings.entropy_threshold, 4),
+                    "model_parameters": result.model_parameters})
+        return
+    tree, flat = result.tree, result.flat
+    stdout_console().print(_goal_table("bench generate (HF engine, CPU)", [
+        ("problems in flight", f"{result.problems}", ""),
+        ("model parameters", f"{result.model_parameters:,}", ""),
+        ("entropy threshold (warm-up median)",
+         f"{result.tree_settings.entropy_threshold:.3f}", ""),
+        ("tree leaves / nodes / max depth / waves",
+         f"{tree.num_leaves} / {tree.num_nodes} / {tree.max_depth} / {tree.waves}", ""),
+        ("tree tokens decoded", f"{tree.decoded_tokens:,}", ""),
+        ("tree unique tokens", f"{tree.unique_tokens:,}", ""),
+        ("tree s", f"{result.tree_seconds:.2f}", ""),
+        ("flat leaves", f"{flat.num_leaves}", ""),
+        ("flat tokens decoded", f"{flat.decoded_tokens:,}", ""),
+        ("flat s", f"{result.flat_seconds:.2f}", ""),
+        ("waste: tokens decoded / unique tree tokens", f"{result.waste_ratio:.2f}", "= 1.00"),
+        ("tokens per leaf, tree ÷ flat", f"{result.tokens_per_leaf_ratio:.2f}", ""),
+        ("s per leaf, tree ÷ flat", f"{result.seconds_per_leaf_ratio:.2f}", "≤ 0.6"),
     ]))
 
 

@@ -120,21 +120,12 @@ def gsm8k(
                                  max_model_len=max_model_len),
         prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template),
     )
-    from treerpo.engines import create_engine
+    from treerpo.engines import create_engine_from_config
     from treerpo.eval.gsm8k import run_gsm8k_eval
 
     # Bad data is reported before the model loads (and before the store is touched).
     problem_set = load_eval_problems(config)
-    engine_settings = config.engine
-    policy, tokenizer = create_engine(
-        engine_settings.engine, model=engine_settings.model, seed=engine_settings.seed,
-        torch_dtype=engine_settings.torch_dtype,
-        trust_remote_code=engine_settings.trust_remote_code,
-        batch_size=engine_settings.generation_batch_size,
-        gpu_memory_utilization=engine_settings.gpu_memory_utilization,
-        max_model_len=engine_settings.max_model_len,
-        enable_prefix_caching=engine_settings.enable_prefix_caching,
-    )
+    policy, tokenizer = create_engine_from_config(config.engine)
     console = stdout_console()
     progress = Progress(
         TextColumn("[bold]eval gsm8k"), BarColumn(),

@@ -104,7 +104,7 @@ def generate(
         sampling=opt.sampling_config(temperature=temperature, top_p=top_p, top_k=top_k,
                                      min_p=min_p, repetition_penalty=repetition_penalty),
     )
-    from treerpo.engines import create_engine
+    from treerpo.engines import create_engine_from_config
     from treerpo.engines.loading import policy_version
     from treerpo.growth.runner import run_generate
     from treerpo.problems.sources import load_problems
@@ -114,17 +114,8 @@ def generate(
     load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
                   limit=data.limit, offset=data.offset, problem_field=data.problem_field,
                   answer_field=data.answer_field)
-    engine_settings = config.engine
-    policy, tokenizer = create_engine(
-        engine_settings.engine, model=engine_settings.model, seed=engine_settings.seed,
-        torch_dtype=engine_settings.torch_dtype,
-        trust_remote_code=engine_settings.trust_remote_code,
-        batch_size=engine_settings.generation_batch_size,
-        gpu_memory_utilization=engine_settings.gpu_memory_utilization,
-        max_model_len=engine_settings.max_model_len,
-        enable_prefix_caching=engine_settings.enable_prefix_caching,
-        max_logprobs=config.tree.entropy_topk,
-    )
+    policy, tokenizer = create_engine_from_config(config.engine,
+                                                  max_logprobs=config.tree.entropy_topk)
     console = stdout_console()
     progress = Progress(
         TextColumn("[bold]generate"), BarColumn(),
@@ -145,7 +136,7 @@ def generate(
 
     with store_at(db) as store, progress:
         summary = run_generate(store=store, config=config, engine=policy, tokenizer=tokenizer,
-                               policy_version=policy_version(engine_settings.model),
+                               policy_version=policy_version(config.engine.model),
                                on_start=on_start, on_progress=on_progress)
     if json_output:
         print_json(summary_json(summary))

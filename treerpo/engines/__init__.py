@@ -7,11 +7,14 @@ Hugging Face transformers engine. Both are imported lazily: vLLM only exists on 
 from __future__ import annotations
 
 import importlib.util
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from treerpo.engines.base import Engine, GenerationRequest, GenerationResult, SamplingSettings
 from treerpo.engines.loading import TorchDtypeName
 from treerpo.errors import BadInputError
+
+if TYPE_CHECKING:
+    from treerpo.config import EngineConfig
 
 EngineName = Literal["auto", "hf", "vllm"]
 
@@ -22,6 +25,7 @@ __all__ = [
     "GenerationResult",
     "SamplingSettings",
     "create_engine",
+    "create_engine_from_config",
     "resolve_engine_name",
 ]
 
@@ -100,3 +104,20 @@ def create_engine(
         batch_size=batch_size,
     )
     return engine, tokenizer
+
+
+def create_engine_from_config(config: EngineConfig, *, max_logprobs: int = 20):
+    """`create_engine` with the settings of an `EngineConfig` (generate, train and eval share
+    it); returns `(engine, tokenizer)`."""
+    return create_engine(
+        config.engine,
+        model=config.model,
+        seed=config.seed,
+        torch_dtype=config.torch_dtype,
+        trust_remote_code=config.trust_remote_code,
+        batch_size=config.generation_batch_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+        enable_prefix_caching=config.enable_prefix_caching,
+        max_logprobs=max_logprobs,
+    )

@@ -3,7 +3,7 @@
 `generate`, `train --dataset` and `eval` all call `load_problems`. A dataset is one of, in the
 order they are tried:
 
-1. a **built-in** name registered in `BUILTIN_DATASETS` (none yet; `arith` is reserved for one);
+1. a **built-in** name registered in `BUILTIN_DATASETS` (`arith`: `treerpo.problems.arith`);
 2. a **local file** (`.jsonl`, `.json`, `.parquet`, `.csv`) — the split is only a label then — or a
    **folder** holding one file per split (`test.jsonl`, `train.parquet`, ...): `--split` picks it;
 3. otherwise a **Hugging Face hub id** loaded with `datasets.load_dataset` (`openai/gsm8k` and
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from treerpo.errors import BadInputError
+from treerpo.problems.arith import load_arith_split
 
 PROBLEM_FIELDS = ("problem", "question", "prompt")
 REFERENCE_FIELDS = ("final_answer", "answer", "solution")
@@ -47,9 +48,9 @@ FILE_FORMATS = (".jsonl", ".json", ".parquet", ".csv")
 DEFAULT_HUB_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
 
 # Built-in datasets: name -> function(split) returning rows with problem/answer columns, read like
-# any file. They shadow hub ids of the same name. `arith` is reserved for one.
+# any file. They shadow hub ids of the same name.
 BuiltinDatasetLoader = Callable[[str], list[dict[str, Any]]]
-BUILTIN_DATASETS: dict[str, BuiltinDatasetLoader] = {}
+BUILTIN_DATASETS: dict[str, BuiltinDatasetLoader] = {"arith": load_arith_split}
 
 
 @dataclass(frozen=True)

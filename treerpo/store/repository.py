@@ -24,6 +24,7 @@ from treerpo.store.models import (
     NodeRow,
     ProblemRow,
     RunRow,
+    TrainStepRow,
     TreeRow,
     utcnow,
 )
@@ -482,3 +483,50 @@ def list_eval_results(
                          completions=row[-1] if include_completions else None)
         for row in rows
     ]
+
+
+# --- train steps (`treerpo train`) ------------------------------------------------------------
+
+
+def record_train_step(
+    store: Store, *, run_id: int, step: int, metrics: dict[str, Any], tree_ids: Sequence[int]
+) -> None:
+    """Write one optimizer step's metrics and trees, replacing a row a resumed run left."""
+    with store.session() as session, session.begin():
+        session.execute(delete(TrainStepRow).where(TrainStepRow.run_id == run_id,
+                                                   TrainStepRow.step == step))
+        session.add(TrainStepRow(run_id=run_id, step=step, metrics=metrics,
+                                 tree_ids=list(tree_ids), checkpoint=None))
+
+
+def set_train_step_checkpoint(store: Store, *, run_id: int, step: int, checkpoint: str) -> None:
+    with store.session() as session, session.begin():
+        session.execute(update(TrainStepRow)
+                        .where(TrainStepRow.run_id == run_id, TrainStepRow.step == step)
+                        .values(checkpoint=checkpoint))
+
+
+def delete_train_steps_after(store: Store, *, run_id: int, step: int) -> None:
+    """Forget the steps after `step` (a fresh start or a resume redoes them)."""
+    with store.session() as session, session.begin():
+        session.execute(delete(TrainStepRow).where(TrainStepRow.run_id == run_id,
+                                                   TrainStepRow.step > step))
+
+
+def list_train_steps(store: Store, *, run_id: int) -> list[TrainStepRow]:
+    with store.session() as session:
+        return list(session.scalars(
+            select(TrainStepRow).where(TrainStepRow.run_id == run_id).order_by(TrainStepRow.step)
+        ))
+
+
+def trees_of_problems(
+    store: Store, *, run_id: int, problem_ids: Sequence[int], epoch: int
+) -> dict[int, int]:
+    """problem id → tree id of the trees the run already grew for these problems this epoch
+    (chained training reuses them after a restart instead of growing a duplicate)."""
+    with store.session() as session:
+        rows = session.execute(select(TreeRow.problem_id, TreeRow.id).where(
+            TreeRow.run_id == run_id, TreeRow.epoch == epoch,
+            TreeRow.problem_id.in_(list(problem_ids))))
+        return {problem_id: tree_id for problem_id, tree_id in rows}
