@@ -103,9 +103,12 @@ def bench_generate(
                     "tokens_decoded": result.tree.decoded_tokens,
                     "unique_tokens": result.tree.unique_tokens,
                     "tree_seconds": round(result.tree_seconds, 3),
+                    "tree_cpu_seconds": round(result.tree_cpu_seconds, 3),
                     "flat_leaves": result.flat.num_leaves,
                     "flat_tokens": result.flat.decoded_tokens,
                     "flat_seconds": round(result.flat_seconds, 3),
+                    "flat_cpu_seconds": round(result.flat_cpu_seconds, 3),
+                    "cpu_seconds_per_leaf_ratio": round(result.cpu_seconds_per_leaf_ratio, 4),
                     "entropy_threshold": round(result.tree_settings.entropy_threshold, 4),
                     "model_parameters": result.model_parameters})
         return
@@ -119,13 +122,69 @@ def bench_generate(
          f"{tree.num_leaves} / {tree.num_nodes} / {tree.max_depth} / {tree.waves}", ""),
         ("tree tokens decoded", f"{tree.decoded_tokens:,}", ""),
         ("tree unique tokens", f"{tree.unique_tokens:,}", ""),
-        ("tree s", f"{result.tree_seconds:.2f}", ""),
+        ("tree s (CPU s)", f"{result.tree_seconds:.2f} ({result.tree_cpu_seconds:.2f})", ""),
         ("flat leaves", f"{flat.num_leaves}", ""),
         ("flat tokens decoded", f"{flat.decoded_tokens:,}", ""),
-        ("flat s", f"{result.flat_seconds:.2f}", ""),
+        ("flat s (CPU s)", f"{result.flat_seconds:.2f} ({result.flat_cpu_seconds:.2f})", ""),
         ("waste: tokens decoded / unique tree tokens", f"{result.waste_ratio:.2f}", "= 1.00"),
         ("tokens per leaf, tree ÷ flat", f"{result.tokens_per_leaf_ratio:.2f}", ""),
+        ("CPU s per leaf, tree ÷ flat", f"{result.cpu_seconds_per_leaf_ratio:.2f}", ""),
         ("s per leaf, tree ÷ flat", f"{result.seconds_per_leaf_ratio:.2f}", "≤ 0.6"),
+    ]))
+
+
+@bench_app.command("replay")
+def bench_replay(
+    num_trees: int = typer.Option(2, "--num-trees", min=1, help="Trees in the update."),
+    tree_nodes: int = typer.Option(24, "--tree-nodes", min=3, help="Nodes per tree (about)."),
+    prompt_len: int = typer.Option(200, "--prompt-len", min=1, help="Prompt tokens."),
+    segment_len: int = typer.Option(150, "--segment-len", min=2, help="Mean segment tokens."),
+    hidden_size: int = typer.Option(384, "--hidden-size", min=8, help="Model width."),
+    layers: int = typer.Option(2, "--layers", min=1, help="Model layers."),
+    repeats: int = typer.Option(3, "--repeats", min=1, help="Timed updates (best is kept)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    json_output: JsonOption = False,
+) -> None:
+    """Tree-packed update vs per-sibling-group replay on seed-shaped trees (CPU, fp32).
+
+    Both compute the same loss and gradient on the same synthetic scored trees (prompt ~200
+    tokens, depth up to 7, ~150-token segments, coverage children) with the same small random
+    Qwen2. Goals: speedup >= 3, packed tokens / unique tokens <= 1.02, max |logprob diff| <=
+    1e-5, gradient cosine >= 0.9999.
+
+    Examples:
+
+        treerpo bench replay
+
+        treerpo bench replay --num-trees 1 --tree-nodes 8 --segment-len 20 --json
+    """
+    from treerpo.bench.replay_bench import run_replay_bench
+
+    result = run_replay_bench(num_trees=num_trees, tree_nodes=tree_nodes, prompt_len=prompt_len,
+                              segment_len=segment_len, hidden_size=hidden_size,
+                              num_layers=layers, repeats=repeats, seed=seed)
+    if json_output:
+        print_json({
+            "speedup": round(result.speedup, 3),
+            "packed_tokens": result.packed_tokens,
+            "naive_tokens": result.naive_tokens,
+            "unique_tokens": result.unique_tokens,
+            "max_abs_logprob_diff": result.max_abs_logprob_diff,
+            "grad_cosine": result.grad_cosine,
+            "packed_seconds": round(result.packed_seconds, 4),
+            "naive_seconds": round(result.naive_seconds, 4),
+        })
+        return
+    stdout_console().print(_goal_table("bench replay (CPU, fp32)", [
+        ("trees / nodes", f"{result.num_trees} / {result.num_nodes}", ""),
+        ("packed update s", f"{result.packed_seconds:.3f}", ""),
+        ("per-group replay s", f"{result.naive_seconds:.3f}", ""),
+        ("speedup", f"{result.speedup:.2f}×", "≥ 3"),
+        ("tokens forwarded: packed / per-group", f"{result.packed_tokens:,} / "
+         f"{result.naive_tokens:,}", ""),
+        ("packed / unique tokens", f"{result.packed_per_unique:.3f}", "≤ 1.02"),
+        ("max |logprob diff|", f"{result.max_abs_logprob_diff:.2e}", "≤ 1e-5"),
+        ("gradient cosine", f"{result.grad_cosine:.6f}", "≥ 0.9999"),
     ]))
 
 
