@@ -3,11 +3,13 @@
 Both compute the same TreeRPO loss on the same scored, seed-shaped synthetic trees (a ~200-token
 prompt, depth up to 7, ~150-token segments, coverage children) with the same small random Qwen2
 model on CPU, then backpropagate. The model's width (384 by default) keeps the per-token MLP the
-larger cost, as in real models, rather than the attention over a few thousand tokens. The packed update forwards every unique token once (one packed
-sequence per tree with a tree attention mask); the straightforward replay forwards, for every
-sibling group, each child with its whole prefix. Reported: wall time of one update each (best
-of `repeats`), tokens forwarded, the largest per-token logprob difference between the two, and
-the cosine between their gradients.
+larger cost, as in real models, rather than the attention over a few thousand tokens.
+
+The packed update forwards every unique token once (one packed sequence per tree with a tree
+attention mask); the straightforward replay forwards, for every sibling group, each child with
+its whole prefix. Reported: wall time of one update each (best of `repeats`), tokens forwarded,
+the largest per-token logprob difference between the two, and the cosine between their
+gradients.
 """
 
 from __future__ import annotations
