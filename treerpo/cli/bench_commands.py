@@ -81,8 +81,9 @@ def bench_generate(
     model, then sample flat (GRPO) as many leaves with the same engine: tokens decoded per unique
     tree token, and seconds per leaf of the tree against flat sampling.
 
-    Tree settings are DESIGN's, scaled to --max-new-tokens; the entropy threshold is the median
-    entropy the warm-up decoded, because a random model's top-20 entropy is ~3.0 nats everywhere.
+    Tree settings are the defaults with segment lengths scaled to --max-new-tokens; the entropy
+    threshold is the median entropy the warm-up decoded, because a random model's top-20 entropy
+    is ~3.0 nats everywhere.
 
     Examples:
 
