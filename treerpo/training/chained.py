@@ -1,0 +1,147 @@
+"""Chained (online) training: each batch of trees is grown by the current policy, stored, scored.
+
+Batch b takes the next per_device_train_batch_size x gradient_accumulation_steps x processes
+problems of the dataset (in a seeded order, reshuffled every epoch), and each process grows the
+trees of its own share with `grow_and_store`, the code `treerpo generate` runs, so the trees are
+persisted in the train run exactly like generated ones, then scored with `score_stored_trees`
+(the default reward, as `treerpo score`).
+
+The engine follows the policy:
+
+- Hugging Face engine: it shares the trainer's model object, so every optimizer step is seen by
+  the next batch for free. A fresh engine wrapper is made per batch with a seed derived from
+  (seed, batch, process), which makes a resumed run grow exactly the trees the uninterrupted run
+  would have grown.
+- vLLM: one engine for the run; after every optimizer step the trainer's parameters are loaded
+  into it in place (`engine.load_weights`), never through a checkpoint on disk.
+
+After a restart, trees the run already grew for a batch's problems (same epoch) are reused rather
+than grown twice (the store keeps one tree per problem, run and epoch).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from treerpo.config import TrainConfig
+from treerpo.errors import BadInputError
+from treerpo.problems.sources import Problem, load_problems
+from treerpo.store import repository
+from treerpo.store.database import Store
+from treerpo.training.trainer import tree_order
+
+_SEED_STRIDE = 1_000_003
+
+
+def load_chained_problems(config: TrainConfig) -> list[Problem]:
+    """The problems of `config.data`; an empty selection is bad input."""
+    data = config.data
+    problem_set = load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
+                                limit=data.limit, offset=data.offset,
+                                problem_field=data.problem_field, answer_field=data.answer_field)
+    if not problem_set.problems:
+        raise BadInputError(f"no usable problems in {data.dataset} ({data.split})")
+    return problem_set.problems
+
+
+class ChainedBatches:
+    """`BatchSource` that grows, stores and scores each batch's trees with the current policy."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        config: TrainConfig,
+        problems: list[Problem],
+        run_id: int,
+        model,
+        tokenizer,
+        accelerator,
+        trees_per_step: int,
+        on_message: Callable[[str], None],
+    ) -> None:
+        from treerpo.engines import create_engine_from_config, resolve_engine_name
+
+        self.store = store
+        self.config = config
+        self.problems = problems
+        self.run_id = run_id
+        self.model = model
+        self.tokenizer = tokenizer
+        self.accelerator = accelerator
+        self.trees_per_step = trees_per_step
+        self.on_message = on_message
+        self.batches_per_epoch = math.ceil(len(problems) / trees_per_step)
+        config.prompt.build(tokenizer, problems[0].problem)  # no chat template: exit 2 now
+        engine = config.engine
+        self.engine_name = resolve_engine_name(engine.engine)
+        self.vllm_engine = None
+        if self.engine_name == "vllm":
+            self.vllm_engine, _ = create_engine_from_config(
+                engine.model_copy(update={"engine": "vllm",
+                                          "seed": engine.seed + accelerator.process_index}),
+                max_logprobs=config.tree.entropy_topk)
+
+    def batch_tree_ids(self, batch_index: int) -> list[int]:
+        from accelerate.utils import gather_object
+
+        from treerpo.growth.runner import grow_and_store
+        from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score
+
+        config, rank = self.config, self.accelerator.process_index
+        epoch, position = divmod(batch_index, self.batches_per_epoch)
+        order = tree_order(num_trees=len(self.problems), seed=config.engine.seed, epoch=epoch)
+        chosen = order[position * self.trees_per_step:(position + 1) * self.trees_per_step]
+        mine = [self.problems[index] for index in chosen.tolist()][
+            rank::self.accelerator.num_processes]
+        own_ids: list[int] = []
+        if mine:
+            problem_ids = repository.upsert_problems(self.store, [
+                (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
+                for p in mine])
+            existing = repository.trees_of_problems(self.store, run_id=self.run_id,
+                                                    problem_ids=problem_ids, epoch=epoch)
+            if existing:
+                self.on_message(f"batch {batch_index}: reusing {len(existing)} tree(s) this run "
+                                "grew before the restart")
+            todo = [(problem, problem_id) for problem, problem_id in zip(mine, problem_ids,
+                                                                         strict=True)
+                    if problem_id not in existing]
+            if todo:
+                grown = grow_and_store(
+                    store=self.store, engine=self._engine(batch_index), tokenizer=self.tokenizer,
+                    problems=[problem for problem, _ in todo],
+                    problem_ids=[problem_id for _, problem_id in todo], run_id=self.run_id,
+                    policy_version=self._policy_version(batch_index), prompt=config.prompt,
+                    tree_settings=config.tree, sampling=config.sampling,
+                    seed=self._seed(batch_index), epoch=epoch)
+                existing.update({tree.problem_id: tree.tree_id for tree in grown})
+            own_ids = [existing[problem_id] for problem_id in problem_ids]
+            unscored = select_trees_to_score(self.store, tree_ids=own_ids)
+            if unscored:
+                score_stored_trees(self.store, tree_ids=unscored)
+        if self.accelerator.num_processes == 1:
+            return own_ids
+        return [tree_id for ids in gather_object([own_ids]) for tree_id in ids]
+
+    def after_update(self, model) -> None:
+        """vLLM: load the new weights in place. The HF engine shares `model` already."""
+        if self.vllm_engine is not None:
+            self.vllm_engine.load_weights(model.named_parameters())
+
+    def _engine(self, batch_index: int):
+        if self.vllm_engine is not None:
+            return self.vllm_engine
+        from treerpo.engines.hf import HFEngine
+
+        return HFEngine(self.model, self.tokenizer, seed=self._seed(batch_index),
+                        batch_size=self.config.engine.generation_batch_size)
+
+    def _seed(self, batch_index: int) -> int:
+        stride = batch_index * self.accelerator.num_processes + self.accelerator.process_index
+        return self.config.engine.seed * _SEED_STRIDE + stride
+
+    def _policy_version(self, batch_index: int) -> str:
+        step = batch_index * self.config.optimization.num_iterations
+        return f"{self.config.resolved_run_name()}@step-{step}"

@@ -1,0 +1,482 @@
+"""`treerpo train`: tree-packed PPO updates of a policy, from stored trees or grown on-policy.
+
+One optimizer step (DESIGN step 10):
+
+1. The step's trees (per_device_train_batch_size x gradient_accumulation_steps x processes) are
+   split into disjoint shards, one per process.
+2. Every tree is forwarded once, packed (`packed_tree_loss`): per trained token the new logprob
+   is log_softmax(logits / tree.logprob_temperature)[token] in float32, the transform the engines
+   store as behaviour logprobs, so ratio = exp(new - behaviour) is 1 for an unchanged policy.
+3. Per token: -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A), plus
+   beta * k3(KL(new || ref)) when beta > 0 (a frozen copy of the starting model; none at 0).
+4. Aggregation over the *whole step*, across trees and processes: "group" = token mean per sibling
+   group, then the mean over every group of the step; "token" = one mean over every trained token
+   of the step. Each tree's loss is scaled by (its groups or tokens) / (the step's, summed over
+   processes), so the accumulated gradient is exactly the gradient of the step's mean.
+5. Gradients are summed over processes, clipped to max_grad_norm, and AdamW steps; the learning
+   rate follows transformers' `get_scheduler`. With num_iterations = mu > 1 the same batch serves
+   mu consecutive optimizer steps (behaviour logprobs stay the stored ones, so the ratio is real).
+
+Departures from the textbook and from TRL's GRPOTrainer, on purpose:
+
+- Advantages are sibling-relative (value - sibling mean), no std scaling; a group whose leaves all
+  agree has advantage 0 and contributes zero loss and zero gradient (but still counts as a group).
+- Group mean, not sequence mean (DESIGN step 10); and the mean is over the optimizer step, not
+  per micro-batch: a micro-batch with few groups does not weigh more than its share.
+- Each tree is back-propagated on its own (the micro-batch is a unit of data, not of memory):
+  activation memory is bounded by the largest (sub-)pack, see `--max-packed-tokens`.
+- Multi-process (`accelerate launch`): no DDP wrapper. Processes may hold different numbers of
+  trees and packs in a step, which DDP's per-backward all-reduce cannot express; gradients are
+  instead summed once per optimizer step (what DDP does under `no_sync`).
+- Master weights are float32. `--torch-dtype bfloat16/float16` on a GPU runs the forward under
+  autocast; on CPU it trains in float32 (bf16 master weights would round away 1e-6 updates).
+- Weight decay applies to matrices only (ndim >= 2), not to biases and norms (as HF Trainer).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from treerpo.config import OptimizationConfig, TrainConfig
+from treerpo.errors import BadInputError
+from treerpo.store import repository
+from treerpo.store.database import Store
+from treerpo.training import checkpoints
+from treerpo.training.metrics import open_metrics_sink
+from treerpo.training.packed_forward import packed_tree_loss
+from treerpo.trees import Tree
+
+
+@dataclass
+class TrainCallbacks:
+    """How a caller (the CLI) hears about a run; called on the main process only."""
+
+    on_message: Callable[[str], None] = lambda message: None
+    on_start: Callable[[int, int], None] = lambda start_step, total_steps: None
+    on_step: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_log: Callable[[dict[str, Any]], None] = lambda metrics: None
+
+
+@dataclass
+class TrainSummary:
+    run_name: str
+    output_dir: str
+    start_step: int = 0
+    steps: int = 0  # the last completed optimizer step
+    trees_trained: int = 0  # distinct trees used
+    scored_first: int = 0  # unscored trees scored before training (replay)
+    checkpoints: list[str] = field(default_factory=list)
+    last_metrics: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    is_main_process: bool = True  # under `accelerate launch`, only the main process reports
+
+
+class BatchSource(Protocol):
+    """Where the trees of each batch come from (replay: the store; chained: growth)."""
+
+    batches_per_epoch: int
+
+    def batch_tree_ids(self, batch_index: int) -> list[int]:
+        """The batch's scored tree ids, the same list on every process."""
+        ...
+
+    def after_update(self, model) -> None:
+        """Called after every optimizer step (chained: push the weights into the engine)."""
+        ...
+
+
+def trained_counts(tree: Tree) -> tuple[int, int]:
+    """(trained tokens, sibling groups) of a tree: tokens of nodes that carry an advantage."""
+    tokens, parents = 0, set()
+    for node in tree.nodes[1:]:
+        if node.advantage is not None and node.num_tokens > 0:
+            tokens += node.num_tokens
+            parents.add(node.parent)
+    return tokens, len(parents)
+
+
+def tree_order(*, num_trees: int, seed: int, epoch: int) -> np.ndarray:
+    """The data order of an epoch: a permutation that depends only on (seed, epoch), so a resumed
+    run needs nothing but the step to find its place."""
+    return np.random.default_rng([seed, epoch]).permutation(num_trees)
+
+
+class PolicyUpdater:
+    """The policy, its optional frozen reference, AdamW and the scheduler: `update(trees)` is one
+    optimizer step over this process's shard of a step (module docstring)."""
+
+    def __init__(self, *, model, ref_model, optimization: OptimizationConfig, total_steps: int,
+                 accelerator, autocast_dtype: torch.dtype | None) -> None:
+        from transformers import get_scheduler
+
+        self.model = model
+        self.ref_model = ref_model
+        self.optimization = optimization
+        self.accelerator = accelerator
+        self.autocast_dtype = autocast_dtype
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in self.parameters if p.ndim >= 2]
+        no_decay = [p for p in self.parameters if p.ndim < 2]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": optimization.weight_decay},
+             {"params": no_decay, "weight_decay": 0.0}],
+            lr=optimization.learning_rate,
+        )
+        self.scheduler = get_scheduler(
+            optimization.lr_scheduler_type, self.optimizer,
+            num_warmup_steps=math.ceil(optimization.warmup_ratio * total_steps),
+            num_training_steps=total_steps,
+        )
+
+    def update(self, trees: list[Tree]) -> dict[str, Any]:
+        """One optimizer step; `trees` is this process's shard. Returns step-wide metrics."""
+        started = time.perf_counter()
+        opt = self.optimization
+        counts = [trained_counts(tree) for tree in trees]
+        local = torch.tensor([
+            sum(tokens for tokens, _ in counts),
+            sum(groups for _, groups in counts),
+            sum(len(tree.leaves()) for tree in trees),
+            sum(leaf.reward or 0.0 for tree in trees for leaf in tree.leaves()),
+            sum(1 for tree in trees for node in tree.nodes if node.advantage is not None),
+            sum(abs(node.advantage) for tree in trees for node in tree.nodes
+                if node.advantage is not None),
+            len(trees),
+        ], dtype=torch.float64)
+        (total_tokens, total_groups, num_leaves, reward_sum, num_advantages, abs_advantage_sum,
+         num_trees) = self._sum_over_processes(local).tolist()
+        denominator = total_groups if opt.loss_aggregation == "group" else total_tokens
+
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, kl x tokens
+        for tree, (tokens, groups) in zip(trees, counts, strict=True):
+            if tokens == 0:
+                continue
+            with self._autocast():
+                loss, metrics = packed_tree_loss(
+                    model=self.model, trees=[tree], max_packed_tokens=opt.max_packed_tokens,
+                    epsilon=opt.epsilon, epsilon_high=opt.epsilon_high,
+                    aggregation=opt.loss_aggregation, ref_model=self.ref_model, beta=opt.beta)
+            if (metrics["num_tokens"], metrics["num_groups"]) != (tokens, groups):
+                raise RuntimeError(f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} "
+                                   f"tokens in {metrics['num_groups']} groups, expected {tokens} "
+                                   f"in {groups}")
+            share = (groups if opt.loss_aggregation == "group" else tokens) / denominator
+            (loss * share).backward()
+            sums += torch.tensor([loss.item() * share, metrics["clip_fraction"] * tokens,
+                                  metrics.get("kl", 0.0) * tokens], dtype=torch.float64)
+        for parameter in self.parameters:
+            if parameter.grad is None:  # a shard without trained tokens still joins the sum
+                parameter.grad = torch.zeros_like(parameter)
+        if self.accelerator.num_processes > 1:
+            for parameter in self.parameters:
+                torch.distributed.all_reduce(parameter.grad)
+        loss_sum, clipped_tokens, kl_token_sum = self._sum_over_processes(sums).tolist()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf)
+        learning_rate = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        seconds = time.perf_counter() - started
+        return {
+            "loss": loss_sum,
+            "mean_reward": reward_sum / num_leaves if num_leaves else None,
+            "mean_abs_advantage": abs_advantage_sum / num_advantages if num_advantages else None,
+            "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
+            "kl": kl_token_sum / total_tokens if opt.beta > 0 and total_tokens else None,
+            "grad_norm": float(grad_norm),
+            "learning_rate": learning_rate,
+            "tokens_per_second": total_tokens / seconds if seconds > 0 else 0.0,
+            "num_trees": int(num_trees),
+            "num_tokens": int(total_tokens),
+            "num_groups": int(total_groups),
+            "seconds": seconds,
+        }
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=self.autocast_dtype)
+
+    def _sum_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        if self.accelerator.num_processes == 1:
+            return values
+        reduced = values.to(self.accelerator.device)
+        torch.distributed.all_reduce(reduced)
+        return reduced.cpu()
+
+
+class ReplayBatches:
+    """Stored trees in a seeded order, reshuffled every epoch; the last batch may be short."""
+
+    def __init__(self, *, tree_ids: list[int], trees_per_step: int, seed: int) -> None:
+        self.tree_ids = sorted(tree_ids)
+        self.trees_per_step = trees_per_step
+        self.seed = seed
+        self.batches_per_epoch = math.ceil(len(self.tree_ids) / trees_per_step)
+
+    def batch_tree_ids(self, batch_index: int) -> list[int]:
+        epoch, position = divmod(batch_index, self.batches_per_epoch)
+        order = tree_order(num_trees=len(self.tree_ids), seed=self.seed, epoch=epoch)
+        chosen = order[position * self.trees_per_step:(position + 1) * self.trees_per_step]
+        return [self.tree_ids[index] for index in chosen.tolist()]
+
+    def after_update(self, model) -> None:
+        """Replay has no engine to refresh."""
+
+
+def select_replay_trees(
+    store: Store, *, source_runs: list[str], on_message: Callable[[str], None]
+) -> tuple[list[int], int]:
+    """The stored trees to replay (of `source_runs`, or all), after scoring the unscored ones
+    with the default reward exactly as `treerpo score` would. Returns (tree ids, scored now)."""
+    from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score
+
+    run_ids = [repository.find_run(store, name).id for name in source_runs] or [None]
+    summaries = [s for run_id in run_ids for s in repository.list_trees(store, run_id=run_id)]
+    if not summaries:
+        where = f"runs {', '.join(source_runs)}" if source_runs else "the store"
+        raise BadInputError(f"no trees to train on in {where}: grow some with `treerpo generate` "
+                            "or give --dataset for chained training")
+    unscored = [tree_id for run_id in run_ids
+                for tree_id in select_trees_to_score(store, run_id=run_id)]
+    if unscored:
+        on_message(f"scoring {len(unscored)} unscored tree(s) first with the default reward "
+                   "(as `treerpo score` would)")
+        score_stored_trees(store, tree_ids=unscored)
+    return [summary.tree_id for summary in summaries], len(unscored)
+
+
+def total_steps_for(*, optimization: OptimizationConfig, batches_per_epoch: int) -> int:
+    """TRL's convention: max_steps when > 0, else epochs x batches, in optimizer steps."""
+    if optimization.max_steps > 0:
+        return optimization.max_steps
+    batches = math.ceil(optimization.num_train_epochs * batches_per_epoch)
+    return max(batches, 1) * optimization.num_iterations
+
+
+def run_training(
+    *, store: Store, config: TrainConfig, callbacks: TrainCallbacks | None = None
+) -> TrainSummary:
+    """Train as `config` says (replay or chained); see the module docstring."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from treerpo.engines.loading import load_tokenizer
+
+    callbacks = callbacks or TrainCallbacks()
+    started = time.perf_counter()
+    # cpu=True without a GPU: how accelerate recognises a multi-process CPU launch (torchrun).
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    say = callbacks.on_message if main else (lambda message: None)
+    opt = config.optimization
+    output_dir = Path(config.output_dir).expanduser()
+    run_name = config.resolved_run_name()
+    summary = TrainSummary(run_name=run_name, output_dir=str(output_dir), is_main_process=main)
+    sink = open_metrics_sink(output_dir=output_dir, report_to=config.report_to,
+                             run_name=run_name, config=config, enabled=main)
+    checkpoint = (checkpoints.resolve_checkpoint(config.resume_from_checkpoint,
+                                                 output_dir=output_dir)
+                  if config.resume_from_checkpoint else None)
+    trees_per_step = opt.per_device_train_batch_size * opt.gradient_accumulation_steps
+    trees_per_step *= accelerator.num_processes
+    config_json = config.model_dump(mode="json")
+
+    replay_ids: list[int] = []
+    if config.chained:
+        from treerpo.training.chained import ChainedBatches, load_chained_problems
+
+        problems = load_chained_problems(config)  # bad data: exit 2 before any model loads
+    else:
+        if main:
+            replay_ids, summary.scored_first = select_replay_trees(
+                store, source_runs=config.source_runs, on_message=say)
+        accelerator.wait_for_everyone()
+        if not main:
+            replay_ids, _ = select_replay_trees(store, source_runs=config.source_runs,
+                                                on_message=say)
+    if main:
+        run_id = repository.get_or_create_run(store, name=run_name, kind="train",
+                                              model=config.engine.model, config=config_json).id
+    accelerator.wait_for_everyone()
+    if not main:
+        run_id = repository.find_run(store, run_name).id
+
+    set_seed(config.engine.seed)
+    tokenizer = load_tokenizer(config.engine.model,
+                               trust_remote_code=config.engine.trust_remote_code)
+    model, ref_model, autocast_dtype = _load_models(config=config, checkpoint=checkpoint,
+                                                    device=accelerator.device, say=say)
+    if config.chained:
+        source: BatchSource = ChainedBatches(
+            store=store, config=config, problems=problems, run_id=run_id, model=model,
+            tokenizer=tokenizer, accelerator=accelerator, trees_per_step=trees_per_step,
+            on_message=say)
+    else:
+        source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
+                               seed=config.engine.seed)
+    total_steps = total_steps_for(optimization=opt, batches_per_epoch=source.batches_per_epoch)
+    updater = PolicyUpdater(model=model, ref_model=ref_model, optimization=opt,
+                            total_steps=total_steps, accelerator=accelerator,
+                            autocast_dtype=autocast_dtype)
+
+    step = 0
+    if checkpoint is not None:
+        states = checkpoints.load_checkpoint_states(checkpoint=checkpoint,
+                                                    rank=accelerator.process_index)
+        updater.optimizer.load_state_dict(states["optimizer"])
+        updater.scheduler.load_state_dict(states["scheduler"])
+        checkpoints.restore_rng_state(states["rng"])
+        saved_processes = states["trainer_state"]["num_processes"]
+        if saved_processes != accelerator.num_processes:
+            raise BadInputError(f"{checkpoint} was written by {saved_processes} process(es); "
+                                f"resume with the same number (not {accelerator.num_processes}) "
+                                "so that every step sees the same trees")
+        step = int(states["trainer_state"]["global_step"])
+        say(f"resuming from {checkpoint} at step {step}")
+        source.after_update(model)
+    if main:
+        repository.delete_train_steps_after(store, run_id=run_id, step=step)
+        sink.forget_after(step)
+    summary.start_step = step
+    if main:
+        callbacks.on_start(step, total_steps)
+
+    try:
+        step = _train_loop(
+            store=store, config=config, accelerator=accelerator, source=source, updater=updater,
+            run_id=run_id, start_step=step, total_steps=total_steps, sink=sink,
+            callbacks=callbacks, summary=summary, tokenizer=tokenizer)
+    except BaseException:
+        if main:
+            repository.finish_run(store, run_id, status="failed")
+        raise
+    if main:
+        checkpoints.save_final_model(output_dir=output_dir, model=model, tokenizer=tokenizer,
+                                     config_json=config_json)
+        repository.finish_run(store, run_id)
+        sink.close()
+    accelerator.wait_for_everyone()
+    summary.steps = step
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: BatchSource,
+                updater: PolicyUpdater, run_id: int, start_step: int, total_steps: int, sink,
+                callbacks: TrainCallbacks, summary: TrainSummary, tokenizer) -> int:
+    """Steps `start_step + 1 .. total_steps`: update, record, log, checkpoint. Returns the last."""
+    opt, main, model = config.optimization, accelerator.is_main_process, updater.model
+    output_dir = Path(config.output_dir).expanduser()
+    step = start_step
+    trained: set[int] = set()
+    batch_index, batch_ids, shard = -1, [], []
+    while step < total_steps:
+        if step // opt.num_iterations != batch_index:
+            batch_index = step // opt.num_iterations
+            batch_ids = source.batch_tree_ids(batch_index)
+            shard = repository.load_trees(
+                store, batch_ids[accelerator.process_index::accelerator.num_processes])
+        metrics = updater.update(shard)
+        source.after_update(model)
+        step += 1
+        trained.update(batch_ids)
+        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics}
+        if main:
+            repository.record_train_step(store, run_id=run_id, step=step, metrics=metrics,
+                                         tree_ids=batch_ids)
+            callbacks.on_step(metrics)
+            if step % config.logging_steps == 0 or step == total_steps:
+                sink.write(metrics)
+                callbacks.on_log(metrics)
+        summary.last_metrics = metrics
+        if step % config.save_steps == 0:
+            path = _save(accelerator=accelerator, output_dir=output_dir, step=step, model=model,
+                         tokenizer=tokenizer, updater=updater, config=config,
+                         total_steps=total_steps, batch_ids=batch_ids)
+            if main:
+                repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
+                                                     checkpoint=str(path))
+                summary.checkpoints.append(str(path))
+        summary.trees_trained = len(trained)
+    return step
+
+
+def _load_models(*, config: TrainConfig, checkpoint: Path | None, device, say):
+    """The trainable policy (float32 master weights; from the checkpoint when resuming), the
+    frozen reference (beta > 0 only) and the autocast dtype of the forward."""
+    from treerpo.engines.loading import load_policy, resolve_dtype
+
+    engine = config.engine
+    requested = resolve_dtype(engine.torch_dtype, device=device)
+    autocast_dtype = None
+    if requested != torch.float32:
+        if device.type == "cuda":
+            autocast_dtype = requested
+        else:
+            say(f"--torch-dtype {engine.torch_dtype} on CPU: training in float32 "
+                "(master weights stay float32 on every device; a GPU autocasts the forward)")
+    model = load_policy(str(checkpoint or engine.model), torch_dtype="float32", device=device,
+                        trust_remote_code=engine.trust_remote_code)
+    model.requires_grad_(True)
+    if config.optimization.gradient_checkpointing:
+        model.config.use_cache = False
+        # transformers 5.x renamed it (the old name warns); 4.x only has the old one.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
+    ref_model = None
+    if config.optimization.beta > 0:
+        ref_model = load_policy(engine.model, torch_dtype="float32", device=device,
+                                trust_remote_code=engine.trust_remote_code)
+        ref_model.requires_grad_(False)
+    return model, ref_model, autocast_dtype
+
+
+def _save(*, accelerator, output_dir: Path, step: int, model, tokenizer, updater: PolicyUpdater,
+          config: TrainConfig, total_steps: int, batch_ids: list[int]) -> Path:
+    from accelerate.utils import gather_object
+
+    rng_states = gather_object([(accelerator.process_index, checkpoints.capture_rng_state())])
+    path = output_dir / f"{checkpoints.CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        path = checkpoints.save_checkpoint(
+            output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
+            optimizer=updater.optimizer, scheduler=updater.scheduler,
+            trainer_state={"global_step": step, "total_steps": total_steps,
+                           "batch_index": (step - 1) // config.optimization.num_iterations,
+                           "batch_tree_ids": batch_ids,
+                           "num_processes": accelerator.num_processes},
+            config_json=config.model_dump(mode="json"), rng_states=dict(rng_states),
+            save_total_limit=config.save_total_limit)
+    accelerator.wait_for_everyone()
+    return path
+
+
+__all__ = [
+    "BatchSource",
+    "PolicyUpdater",
+    "ReplayBatches",
+    "TrainCallbacks",
+    "TrainSummary",
+    "run_training",
+    "select_replay_trees",
+    "total_steps_for",
+    "trained_counts",
+    "tree_order",
+]
