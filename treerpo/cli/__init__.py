@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover
 
 from treerpo.cli import (
     bench_commands,
+    demo_command,
     eval_command,
     generate_command,
     score_command,
@@ -58,6 +59,7 @@ generate_command.register(app)
 score_command.register(app)
 store_commands.register(app)
 bench_commands.register(app)
+demo_command.register(app)
 eval_command.register(app)
 train_command.register(app)
 

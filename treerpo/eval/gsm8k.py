@@ -48,7 +48,7 @@ from treerpo.engines.base import Engine, GenerationRequest, SamplingSettings
 from treerpo.errors import BadInputError
 from treerpo.eval.voting import majority_vote
 from treerpo.problems.prompts import PromptSettings
-from treerpo.problems.sources import Problem, ProblemSet, load_problems
+from treerpo.problems.sources import BUILTIN_DATASETS, Problem, ProblemSet, load_problems
 from treerpo.scoring.answers import extract_boxed
 from treerpo.scoring.verify import answers_equivalent, is_correct
 from treerpo.store import repository
@@ -185,12 +185,14 @@ class PromptedProblem:
 
 
 def load_eval_problems(config: EvalConfig) -> ProblemSet:
-    """The selected GSM8K problems; BadInputError for a missing file or missing columns.
+    """The selected problems (GSM8K, or a built-in dataset such as `arith` for the demo);
+    BadInputError for a missing file or missing columns.
 
     Cheap for a local file: the CLI calls it before loading the model so bad data fails fast.
     """
     data = config.data
-    if data.dataset != GSM8K_HUB_ID and not Path(data.dataset).expanduser().exists():
+    is_file = data.dataset != GSM8K_HUB_ID and data.dataset not in BUILTIN_DATASETS
+    if is_file and not Path(data.dataset).expanduser().exists():
         raise BadInputError(f"--data-file not found: {Path(data.dataset).expanduser().resolve()}")
     return load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
                          limit=data.limit, offset=data.offset, problem_field=data.problem_field,
