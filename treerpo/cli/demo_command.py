@@ -1,4 +1,4 @@
-"""`treerpo demo`: evaluate the shipped tiny policy, train it with chained TreeRPO, evaluate again."""
+"""`treerpo demo`: evaluate the shipped tiny policy, train it with chained TreeRPO, evaluate it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from treerpo.cli.common import DEFAULT_DB, DbOption, JsonOption, print_json, stdout_console, store_at
+from treerpo.cli.common import (
+    DEFAULT_DB,
+    DbOption,
+    JsonOption,
+    print_json,
+    stdout_console,
+    store_at,
+)
 
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 
@@ -22,7 +29,8 @@ def sparkline(values: list[float]) -> str:
 def demo(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 30,
     eval_problems: Annotated[int, typer.Option(
-        "--eval-problems", min=1, help="Held-out arith problems evaluated before and after.")] = 200,
+        "--eval-problems", min=1, help="Held-out arith problems evaluated before and after."),
+    ] = 200,
     problems_per_step: Annotated[int, typer.Option(
         "--problems-per-step", min=1, help="Trees grown and trained on per step.")] = 8,
     output_dir: Annotated[Path, typer.Option(
