@@ -29,7 +29,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Qwen2 causal LM + byte-level BPE tokenizer with a chat template (safetensors)."""
+    """A tiny random Qwen2 causal LM + byte-level BPE tokenizer with a chat template."""
     from treerpo.tiny_model import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)

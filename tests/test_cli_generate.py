@@ -161,7 +161,8 @@ def test_empty_dataset_and_no_problem_column(tiny_model_dir, tmp_path, db_url):
 
 
 def test_run_config_is_stored_whole(tiny_model_dir, gsm8k_dir, db_url):
-    assert _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "1", "--run", "cfg").exit_code == 0
+    result = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "1", "--run", "cfg")
+    assert result.exit_code == 0
     from treerpo.store.database import open_store
 
     store = open_store(db_url)

@@ -7,8 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-
 from cli_runner import run_cli
+
 from treerpo.store import database, repository
 from treerpo.trees import build_tree
 

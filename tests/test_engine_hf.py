@@ -316,3 +316,264 @@ def test_sampled_frequencies_follow_the_truncated_distribution():
     cold = frequencies(SamplingSettings(temperature=0.5, top_p=None, top_k=None))
     tempered = probs**2 / (probs**2).sum()
     torch.testing.assert_close(cold, tempered, atol=0.01, rtol=0)
+
+
+# ---- the prefix cache: KV reused between calls ----
+
+
+def uncached_engine(model, tokenizer, **kwargs) -> HFEngine:
+    return make_engine(model, tokenizer, prefix_cache=False, **kwargs)
+
+
+def assert_same_results(cached, uncached) -> None:
+    for result, reference in zip(cached, uncached, strict=True):
+        np.testing.assert_array_equal(result.token_ids, reference.token_ids)
+        np.testing.assert_allclose(result.logprobs, reference.logprobs, atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(
+            result.topk_logprobs, reference.topk_logprobs, atol=TOLERANCE, rtol=0
+        )
+        np.testing.assert_array_equal(result.finish_reason, reference.finish_reason)
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt2"])
+def test_prefix_cache_reuses_the_previous_rows_and_changes_no_result(
+    architecture, model, gpt2_model, tokenizer, contexts
+):
+    """Requests shaped like tree growth's next wave, a request that leaves a stored row midway
+    and one shorter than a stored row reuse exactly their longest stored prefix, and decode what
+    the uncached engine decodes (greedy with a repetition penalty, which also sees the reused
+    context tokens). GPT-2's absolute positions make a position error in the reused part show."""
+    model = {"qwen2": model, "gpt2": gpt2_model}[architecture]
+    sampling = SamplingSettings(temperature=0.0, top_p=None, top_k=None, repetition_penalty=1.3)
+    cached = make_engine(model, tokenizer, batch_size=4, eos_token_ids=())
+    uncached = uncached_engine(model, tokenizer, batch_size=4, eos_token_ids=())
+    first_wave = [GenerationRequest(c, n) for c, n in zip(contexts, [20, 30, 25, 24], strict=True)]
+    rows = [
+        list(context) + result.token_ids.tolist()
+        for context, result in zip(
+            contexts, cached.generate(first_wave, sampling=sampling, topk=3), strict=True
+        )
+    ]
+    uncached.generate(first_wave, sampling=sampling, topk=3)
+    long_row = rows[0]
+    prompt_length = len(contexts[0])
+    assert prompt_length > 17
+    diverging = long_row[: prompt_length + 5] + [
+        (long_row[prompt_length + 5] + 1) % len(tokenizer),
+        7,
+        8,
+    ]
+    second_wave = {  # context -> expected reused tokens
+        # alternative children: path + segment[:t] + [another token]
+        tuple(long_row[: prompt_length + 9] + [11]): prompt_length + 9,
+        tuple(rows[1][:-4] + [12]): len(rows[1]) - 4,
+        # coverage children: path + segment[:cut], twice
+        tuple(rows[2][:-6]): len(rows[2]) - 7,
+        tuple(rows[3][:-2]): len(rows[3]) - 3,
+        tuple(diverging): prompt_length + 5,  # shares part of a stored row only
+        tuple(long_row[:17]): 16,  # shorter than the stored prompt
+        tuple(range(40, 60)): 0,  # shares nothing
+    }
+    contexts_sent = [*second_wave, tuple(rows[2][:-6])]
+    requests = [GenerationRequest(list(c), 6 + i) for i, c in enumerate(contexts_sent)]
+
+    reused_before = cached.context_tokens_reused
+    second = cached.generate(requests, sampling=sampling, topk=3)
+    reference = uncached.generate(requests, sampling=sampling, topk=3)
+
+    expected_reuse = sum(second_wave.values()) + second_wave[tuple(rows[2][:-6])]
+    assert cached.context_tokens_reused - reused_before == expected_reuse
+    assert uncached.context_tokens_reused == 0
+    assert_same_results(second, reference)
+
+    # A third wave extends rows of the second, whose KV was itself built on reused KV.
+    third_requests = [
+        GenerationRequest(list(c) + r.token_ids[:-1].tolist() + [5], 5)
+        for c, r in zip(contexts_sent, second, strict=True)
+    ]
+    reused_before = cached.context_tokens_reused
+    third = cached.generate(third_requests, sampling=sampling, topk=3)
+    assert cached.context_tokens_reused - reused_before == sum(
+        len(request.context_token_ids) - 1
+        for request in third_requests
+        if len(request.context_token_ids) > 17
+    )
+    assert_same_results(third, uncached.generate(third_requests, sampling=sampling, topk=3))
+
+
+@pytest.mark.parametrize("architecture", ["qwen2", "gpt2"])
+def test_tree_growth_with_the_prefix_cache_grows_the_same_trees(
+    architecture, model, gpt2_model, tokenizer, contexts
+):
+    """Seeded sampling through every wave of tree growth: the same trees, token for token, and
+    after the first wave each request forwards only its last context token."""
+    from treerpo.growth.grower import grow_trees
+    from treerpo.growth.settings import TreeSettings
+
+    model = {"qwen2": model, "gpt2": gpt2_model}[architecture]
+    # Two problems share a prefix; all are longer than a cache block.
+    prompts = [contexts[0], contexts[0][:20], contexts[0][30:]]
+    settings = TreeSettings(
+        max_depth=3,
+        min_segment_len=4,
+        entropy_threshold=0.0,
+        entropy_topk=8,
+        coverage_children_max=3,
+        coverage_min_chars=4,
+        max_new_tokens=40,
+    )
+    sampling = SamplingSettings(temperature=1.0, top_p=0.95, top_k=40, repetition_penalty=1.1)
+    grown = {}
+    for prefix_cache in (True, False):
+        engine = make_engine(model, tokenizer, seed=3, batch_size=8, prefix_cache=prefix_cache)
+        trees, stats = grow_trees(
+            engine=engine,
+            tokenizer=tokenizer,
+            prompts=prompts,
+            settings=settings,
+            sampling=sampling,
+            seed=3,
+        )
+        grown[prefix_cache] = (trees, stats, engine.context_tokens_forwarded)
+    (trees, stats, forwarded), (reference_trees, reference_stats, _) = grown[True], grown[False]
+    assert stats == reference_stats
+    assert stats.waves >= 4
+    assert forwarded == sum(len(p) for p in prompts) + stats.requests - len(prompts)
+    for tree, reference in zip(trees, reference_trees, strict=True):
+        assert len(tree.nodes) == len(reference.nodes)
+        for node, reference_node in zip(tree.nodes, reference.nodes, strict=True):
+            np.testing.assert_array_equal(node.token_ids, reference_node.token_ids)
+            np.testing.assert_allclose(
+                node.logprobs, reference_node.logprobs, atol=TOLERANCE, rtol=0
+            )
+
+
+def test_identical_contexts_are_prefilled_once(model, tokenizer, contexts):
+    """Flat sampling: eight samples of one prompt forward the prompt once, and sample what the
+    uncached engine samples."""
+    prompt = contexts[0]
+    requests = [GenerationRequest(prompt, 10)] * 8 + [GenerationRequest(contexts[1], 10)] * 2
+    cached = make_engine(model, tokenizer, seed=5, eos_token_ids=())
+    results = cached.generate(requests, sampling=UNTRUNCATED, topk=2)
+    reference = uncached_engine(model, tokenizer, seed=5, eos_token_ids=()).generate(
+        requests, sampling=UNTRUNCATED, topk=2
+    )
+    assert_same_results(results, reference)
+    # contexts[1] is under one block: it cannot be stored, so both copies forward it whole.
+    assert len(contexts[1]) < 16
+    assert cached.context_tokens_forwarded == len(prompt) + 8 + 2 * len(contexts[1])
+    assert cached.context_tokens_reused == 8 * (len(prompt) - 1)
+    assert len({tuple(r.token_ids) for r in results[:8]}) > 1  # still independent samples
+
+
+def load_scaled_weights(engine, policy) -> None:
+    engine.load_weights((name, p.detach() * 1.5) for name, p in policy.named_parameters())
+
+
+def scale_in_place(engine, policy) -> None:
+    """What a trainer sharing the model does: autograd's version counters see it."""
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.mul_(1.5)
+
+
+def scale_through_data(engine, policy) -> None:
+    """`.data` writes bypass the version counters."""
+    for parameter in policy.parameters():
+        parameter.data.mul_(1.5)
+
+
+def fused_adamw_step(engine, policy) -> None:
+    """Fused optimizers bypass the version counters too."""
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=0.05, fused=True)
+    policy(torch.tensor([[3, 4, 5]])).logits.sum().backward()
+    optimizer.step()
+
+
+WEIGHT_CHANGES = {
+    change.__name__: change
+    for change in (load_scaled_weights, scale_in_place, scale_through_data, fused_adamw_step)
+}
+
+
+@pytest.mark.parametrize("change", list(WEIGHT_CHANGES))
+def test_a_weight_change_drops_the_prefix_cache(change, tiny_model_dir, tokenizer, contexts):
+    policy = load_policy(str(tiny_model_dir), torch_dtype="float32", device="cpu")
+    engine = make_engine(policy, tokenizer, eos_token_ids=())
+    (first,) = engine.generate([GenerationRequest(contexts[0], 12)], sampling=GREEDY, topk=3)
+    extension = [GenerationRequest(list(contexts[0]) + first.token_ids[:-2].tolist(), 6)]
+    assert len(engine.prefix_cache) == 1
+
+    WEIGHT_CHANGES[change](engine, policy)
+    reused_before = engine.context_tokens_reused
+    (after,) = engine.generate(extension, sampling=GREEDY, topk=3)
+
+    assert engine.context_tokens_reused == reused_before  # nothing stale was reused
+    (reference,) = uncached_engine(policy, tokenizer, eos_token_ids=()).generate(
+        extension, sampling=GREEDY, topk=3
+    )
+    assert_same_results([after], [reference])
+
+
+def test_reset_prefix_cache_empties_it(model, tokenizer, contexts):
+    engine = make_engine(model, tokenizer, eos_token_ids=())
+    engine.generate([GenerationRequest(contexts[0], 5)], sampling=GREEDY, topk=1)
+    assert engine.prefix_cache.num_tokens == len(contexts[0]) + 4
+    engine.reset_prefix_cache()
+    assert len(engine.prefix_cache) == 0 and engine.prefix_cache.num_tokens == 0
+
+
+def test_the_prefix_cache_holds_the_last_call_within_its_token_budget(
+    model, tokenizer, contexts, monkeypatch
+):
+    """Never more than `prefix_cache_max_tokens` tokens held, the previous call's rows dropped
+    once reused, and rows that do not fit are not stored (their requests just forward more)."""
+    budget = 150
+    engine = make_engine(
+        model, tokenizer, batch_size=2, eos_token_ids=(), prefix_cache_max_tokens=budget
+    )
+    held_after_each_add = []
+    add = engine.prefix_cache.add
+
+    def recording_add(token_ids, kv):
+        add(token_ids, kv)
+        held_after_each_add.append(engine.prefix_cache.num_tokens)
+        assert kv.shape[3] == len(token_ids)  # (layers, 2, kv_heads, n, head_dim)
+
+    monkeypatch.setattr(engine.prefix_cache, "add", recording_add)
+    prompt = contexts[0]
+    first = engine.generate([GenerationRequest(prompt, 30)] * 3, sampling=UNTRUNCATED, topk=1)
+    row_length = len(prompt) + 29
+    assert 2 * row_length > budget >= row_length + len(prompt)
+    # The prompt is primed (one row), then one finished row fits beside it.
+    assert held_after_each_add == [len(prompt), len(prompt) + row_length]
+
+    second_requests = [
+        GenerationRequest(list(prompt) + r.token_ids[:10].tolist(), 20) for r in first
+    ]
+    second = engine.generate(second_requests, sampling=UNTRUNCATED, topk=1)
+    # All three requests reuse the one stored row. The first batch's rows do not fit beside
+    # it; once the second batch has been prefilled it is dropped, and that batch's row fits.
+    assert held_after_each_add[2:] == [row_length]
+    assert engine.prefix_cache.num_tokens == row_length
+
+    reference = uncached_engine(model, tokenizer, batch_size=2, eos_token_ids=())
+    reference.generate([GenerationRequest(prompt, 30)] * 3, sampling=UNTRUNCATED, topk=1)
+    assert_same_results(second, reference.generate(second_requests, sampling=UNTRUNCATED, topk=1))
+
+    # A call that reuses nothing drops the older rows before it decodes.
+    engine.generate([GenerationRequest(list(range(100, 130)), 5)], sampling=GREEDY, topk=1)
+    assert held_after_each_add[3:] == [30 + 4]
+    assert max(held_after_each_add) <= budget
+
+
+def test_a_zero_budget_or_a_disabled_cache_stores_nothing(model, tokenizer, contexts):
+    for engine in (
+        make_engine(model, tokenizer, eos_token_ids=(), prefix_cache_max_tokens=0),
+        uncached_engine(model, tokenizer, eos_token_ids=()),
+    ):
+        (result,) = engine.generate([GenerationRequest(contexts[0], 8)], sampling=GREEDY, topk=1)
+        extension = list(contexts[0]) + result.token_ids.tolist()
+        engine.generate([GenerationRequest(extension, 4)] * 2, sampling=GREEDY, topk=1)
+        assert engine.context_tokens_reused == 0
+        assert engine.context_tokens_forwarded == len(contexts[0]) + 2 * len(extension)

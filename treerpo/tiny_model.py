@@ -18,7 +18,7 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 _CORPUS = [
-    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May.",
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May.",
     "How many clips did Natalia sell altogether in April and May?",
     "Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting.",
     "First, compute 48 / 2 = 24. Then 48 + 24 = 72. So the answer is \\boxed{72}.",

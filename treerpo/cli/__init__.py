@@ -68,9 +68,22 @@ def _wants_debug(args: Sequence[str]) -> bool:
     return "--debug" in args or os.environ.get("TREERPO_DEBUG", "") not in ("", "0")
 
 
+def _quiet_libraries() -> None:
+    """treerpo draws its own progress bars: silence transformers' and datasets' own bars and
+    info logs, which would interleave with them on the terminal."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:  # already imported (tests): switch it off directly
+        transformers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="treerpo", standalone_mode=False)
