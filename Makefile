@@ -18,8 +18,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/treerpo db upgrade
-	$(BIN)/treerpo bench store
+	HF_HUB_OFFLINE=1 $(BIN)/treerpo demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 tests
