@@ -80,30 +80,8 @@ def generate(
 
         treerpo generate --model ./my-model --dataset arith --rollout flat --num-generations 8
     """
-    config = validated(
-        GenerateConfig,
-        run_name=run,
-        batch_size=batch_size,
-        data=opt.data_config(dataset=dataset, split=split, dataset_config=dataset_config,
-                             limit=limit, offset=offset, problem_field=problem_field,
-                             answer_field=answer_field),
-        engine=opt.engine_config(model=model, engine=engine, torch_dtype=torch_dtype,
-                                 trust_remote_code=trust_remote_code, seed=seed,
-                                 generation_batch_size=generation_batch_size,
-                                 gpu_memory_utilization=gpu_memory_utilization,
-                                 max_model_len=max_model_len,
-                                 enable_prefix_caching=enable_prefix_caching),
-        prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template),
-        tree=opt.tree_settings(rollout=rollout, num_generations=num_generations,
-                               max_depth=max_depth, min_segment_len=min_segment_len,
-                               entropy_threshold=entropy_threshold, entropy_topk=entropy_topk,
-                               coverage_min_chars=coverage_min_chars,
-                               coverage_children_max=coverage_children_max,
-                               root_children=root_children, split_delimiters=split_delimiters,
-                               max_new_tokens=max_new_tokens),
-        sampling=opt.sampling_config(temperature=temperature, top_p=top_p, top_k=top_k,
-                                     min_p=min_p, repetition_penalty=repetition_penalty),
-    )
+    config = validated(GenerateConfig, run_name=run, batch_size=batch_size,
+                       **opt.growth_config_parts(locals()))
     from treerpo.engines import create_engine_from_config
     from treerpo.engines.loading import policy_version
     from treerpo.growth.runner import run_generate

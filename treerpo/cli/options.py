@@ -7,6 +7,7 @@ Names follow TRL / the original TreeRPO release where they exist (`--model_id`, 
 from __future__ import annotations
 
 import codecs
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
@@ -115,3 +116,31 @@ def engine_config(**values: Any) -> EngineConfig:
 
 def prompt_settings(**values: Any) -> PromptSettings:
     return validated(PromptSettings, **values)
+
+
+DATA_FLAGS = ("dataset", "split", "dataset_config", "limit", "offset", "problem_field",
+              "answer_field")
+ENGINE_FLAGS = ("model", "engine", "torch_dtype", "trust_remote_code", "seed",
+                "generation_batch_size", "gpu_memory_utilization", "max_model_len",
+                "enable_prefix_caching")
+PROMPT_FLAGS = ("system_prompt", "prompt_template")
+TREE_FLAGS = ("rollout", "num_generations", "max_depth", "min_segment_len", "entropy_threshold",
+              "entropy_topk", "coverage_min_chars", "coverage_children_max", "root_children",
+              "split_delimiters", "max_new_tokens")
+SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+def growth_config_parts(flags: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated data (None without --dataset), engine, prompt, tree and sampling parts of
+    a command that grows trees (generate, train), from its flag values by name."""
+
+    def pick(names: tuple[str, ...]) -> dict[str, Any]:
+        return {name: flags[name] for name in names}
+
+    return {
+        "data": None if flags.get("dataset") is None else data_config(**pick(DATA_FLAGS)),
+        "engine": engine_config(**pick(ENGINE_FLAGS)),
+        "prompt": prompt_settings(**pick(PROMPT_FLAGS)),
+        "tree": tree_settings(**pick(TREE_FLAGS)),
+        "sampling": sampling_config(**pick(SAMPLING_FLAGS)),
+    }

@@ -158,33 +158,11 @@ def train(
         max_grad_norm=max_grad_norm, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
         num_iterations=num_iterations, loss_aggregation=loss_aggregation,
         max_packed_tokens=max_packed_tokens, gradient_checkpointing=gradient_checkpointing)
-    data = None
-    if dataset is not None:
-        data = opt.data_config(dataset=dataset, split=split, dataset_config=dataset_config,
-                               limit=limit, offset=offset, problem_field=problem_field,
-                               answer_field=answer_field)
     config = validated(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
-        data=data, optimization=optimization, save_steps=save_steps,
-        save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
-        resume_from_checkpoint=resume_from_checkpoint,
-        engine=opt.engine_config(model=model, engine=engine, torch_dtype=torch_dtype,
-                                 trust_remote_code=trust_remote_code, seed=seed,
-                                 generation_batch_size=generation_batch_size,
-                                 gpu_memory_utilization=gpu_memory_utilization,
-                                 max_model_len=max_model_len,
-                                 enable_prefix_caching=enable_prefix_caching),
-        prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template),
-        tree=opt.tree_settings(rollout=rollout, num_generations=num_generations,
-                               max_depth=max_depth, min_segment_len=min_segment_len,
-                               entropy_threshold=entropy_threshold, entropy_topk=entropy_topk,
-                               coverage_min_chars=coverage_min_chars,
-                               coverage_children_max=coverage_children_max,
-                               root_children=root_children, split_delimiters=split_delimiters,
-                               max_new_tokens=max_new_tokens),
-        sampling=opt.sampling_config(temperature=temperature, top_p=top_p, top_k=top_k,
-                                     min_p=min_p, repetition_penalty=repetition_penalty),
-    )
+        optimization=optimization, save_steps=save_steps, save_total_limit=save_total_limit,
+        logging_steps=logging_steps, report_to=report_to,
+        resume_from_checkpoint=resume_from_checkpoint, **opt.growth_config_parts(locals()))
     from treerpo.training.trainer import TrainCallbacks, run_training
 
     console = stdout_console()
