@@ -27,7 +27,7 @@ def sparkline(values: list[float]) -> str:
 
 
 def demo(
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 30,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 20,
     eval_problems: Annotated[int, typer.Option(
         "--eval-problems", min=1, help="Held-out arith problems evaluated before and after."),
     ] = 200,
