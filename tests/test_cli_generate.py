@@ -63,17 +63,17 @@ def test_same_command_resumes_without_duplicates(tiny_model_dir, gsm8k_dir, db_u
     real_insert = repo_module._insert_nodes
     calls = {"n": 0}
 
-    def crash_on_third_tree(connection, rows):
+    def crash_on_second_batch(connection, rows):
         calls["n"] += 1
-        if calls["n"] == 3:  # dies inside the transaction, after the tree row went in
+        if calls["n"] == 2:  # dies inside the transaction, after the tree rows went in
             raise RuntimeError("simulated crash")
         real_insert(connection, rows)
 
-    monkeypatch.setattr(repo_module, "_insert_nodes", crash_on_third_tree)
+    monkeypatch.setattr(repo_module, "_insert_nodes", crash_on_second_batch)
     crashed = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "4", "--batch-size", "2")
     assert crashed.exit_code == 1 and "simulated crash" in crashed.stderr
     rows = _tree_rows(tmp_path / "store.db")
-    assert len(rows) == 2  # the third tree is not visible, not even its row
+    assert len(rows) == 2  # the second batch's trees are not visible, not even their rows
     monkeypatch.setattr(repo_module, "_insert_nodes", real_insert)
     resumed = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "4", "--batch-size", "2",
                         "--json")

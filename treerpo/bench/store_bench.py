@@ -1,7 +1,8 @@
 """`treerpo bench store`: write rate of seed-shaped trees and inspect time of a big tree.
 
-Writes trees one transaction each (as `generate` does) into a temporary SQLite store, then loads
-a 10,000-node tree and renders it the way `treerpo inspect` does, into a string.
+Writes trees as `generate` does (the trees of one batch of problems, default 16, in one
+transaction, each with all its nodes) into a temporary SQLite store, then loads a 10,000-node
+tree and renders it the way `treerpo inspect` does, into a string.
 """
 
 from __future__ import annotations
@@ -36,7 +37,12 @@ class StoreBenchResult:
 
 
 def run_store_bench(
-    *, num_trees: int = 200, nodes_per_tree: int = 120, inspect_nodes: int = 10_000, seed: int = 0
+    *,
+    num_trees: int = 200,
+    nodes_per_tree: int = 120,
+    inspect_nodes: int = 10_000,
+    batch_size: int = 16,
+    seed: int = 0,
 ) -> StoreBenchResult:
     rng = np.random.default_rng(seed)
     trees = [synthetic_tree(rng=rng, num_nodes=nodes_per_tree) for _ in range(num_trees)]
@@ -51,9 +57,11 @@ def run_store_bench(
                 for index in range(num_trees + 1)
             ])
             started = time.perf_counter()
-            for tree, problem_id in zip(trees, problem_ids, strict=False):
-                repository.write_tree(store, tree=tree, run_id=run.id, problem_id=problem_id,
-                                      policy_version="synthetic")
+            for start in range(0, num_trees, batch_size):
+                batch = trees[start:start + batch_size]
+                repository.write_trees(store, trees=batch, run_id=run.id,
+                                       problem_ids=problem_ids[start:start + len(batch)],
+                                       policy_version="synthetic")
             write_seconds = time.perf_counter() - started
             big_id = repository.write_tree(store, tree=big_tree, run_id=run.id,
                                            problem_id=problem_ids[-1], policy_version="synthetic")

@@ -29,11 +29,14 @@ def bench_store(
     nodes_per_tree: int = typer.Option(120, "--nodes-per-tree", min=3, help="Nodes per tree."),
     inspect_nodes: int = typer.Option(10_000, "--inspect-nodes", min=3,
                                       help="Nodes of the tree loaded and rendered."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1,
+                                   help="Trees per transaction (generate's --batch-size)."),
     json_output: JsonOption = False,
 ) -> None:
     """Write seed-shaped synthetic trees (depth up to 7, ~150-token segments with logprobs,
-    coverage children) into a temporary SQLite store, one transaction per tree, then load and
-    render a 10,000-node tree as `inspect` does.
+    coverage children) into a temporary SQLite store as `generate` does (one transaction per
+    batch of problems, each tree whole), then load and render a 10,000-node tree as `inspect`
+    does.
 
     Examples:
 
@@ -44,7 +47,7 @@ def bench_store(
     from treerpo.bench.store_bench import run_store_bench
 
     result = run_store_bench(num_trees=num_trees, nodes_per_tree=nodes_per_tree,
-                             inspect_nodes=inspect_nodes)
+                             inspect_nodes=inspect_nodes, batch_size=batch_size)
     if json_output:
         print_json({"nodes_per_second": round(result.nodes_per_second, 1),
                     "inspect_seconds": round(result.inspect_seconds, 4),

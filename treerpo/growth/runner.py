@@ -63,8 +63,8 @@ def grow_and_store(
     summary: GenerateSummary | None = None,
     on_progress: ProgressCallback | None = None,
 ) -> list[Tree]:
-    """Grow one tree per problem in one batch of waves, then store each tree (one transaction
-    each). Shared by `generate` and by chained training."""
+    """Grow one tree per problem in one batch of waves, then store the batch's trees, each with
+    all its nodes, in one transaction. Shared by `generate` and by chained training."""
     rendered = [prompt.build(tokenizer, problem.problem) for problem in problems]
     trees, stats = grow_trees(
         engine=engine,
@@ -74,26 +74,25 @@ def grow_and_store(
         sampling=sampling.to_settings(),
         seed=seed,
     )
-    for tree, problem, problem_id, prompt_view in zip(
-        trees, problems, problem_ids, rendered, strict=True
-    ):
+    for tree, problem, prompt_view in zip(trees, problems, rendered, strict=True):
         tree.problem = problem.problem
         tree.reference = problem.reference
         tree.root.text = prompt_view.text
         tree.rollout = tree_settings.rollout
-        tree_id = repository.write_tree(store, tree=tree, run_id=run_id, problem_id=problem_id,
-                                        policy_version=policy_version, epoch=epoch)
-        if summary is not None:
-            summary.trees += 1
-            summary.nodes += len(tree.nodes)
-            summary.leaves += len(tree.leaves())
-            summary.max_depth = max(summary.max_depth, tree.max_depth)
-            summary.tree_ids.append(tree_id)
-            if on_progress is not None:
-                on_progress(summary)
+    # One transaction for the batch: its trees grew together, so a crash before this point
+    # loses all of them anyway; after it, every one is complete and visible.
+    tree_ids = repository.write_trees(store, trees=trees, run_id=run_id, problem_ids=problem_ids,
+                                      policy_version=policy_version, epoch=epoch)
     if summary is not None:
+        summary.trees += len(trees)
+        summary.nodes += sum(len(tree.nodes) for tree in trees)
+        summary.leaves += sum(len(tree.leaves()) for tree in trees)
+        summary.max_depth = max([summary.max_depth, *(tree.max_depth for tree in trees)])
+        summary.tree_ids.extend(tree_ids)
         summary.tokens_decoded += stats.decoded_tokens
         summary.unique_tokens += stats.unique_tokens
+        if on_progress is not None:
+            on_progress(summary)
     return trees
 
 

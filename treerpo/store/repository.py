@@ -133,24 +133,13 @@ def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[i
         ))
 
 
-def _node_row(tree_id: int, node: TreeNode) -> dict[str, Any]:
-    return {
-        "tree_id": tree_id,
-        "node_index": node.index,
-        "parent_index": node.parent,
-        "depth": node.depth,
-        "ordinal": node.ordinal,
-        "kind": node.kind,
-        "num_tokens": node.num_tokens,
-        "token_ids": pack_token_ids(node.token_ids),
-        "logprobs": pack_logprobs(node.logprobs),
-        "text": node.text,
-        "split_entropy": node.split_entropy,
-        "finish_reason": node.finish_reason,
-        "reward": node.reward,
-        "value": node.value,
-        "advantage": node.advantage,
-    }
+def _node_row(tree_id: int, node: TreeNode) -> tuple[Any, ...]:
+    """A node as a row of `nodes`, in `_NODE_INSERT_COLUMNS` order."""
+    return (
+        tree_id, node.index, node.parent, node.depth, node.ordinal, node.kind, node.num_tokens,
+        pack_token_ids(node.token_ids), pack_logprobs(node.logprobs), node.text,
+        node.split_entropy, node.finish_reason, node.reward, node.value, node.advantage,
+    )
 
 
 def write_tree(
@@ -177,32 +166,37 @@ def write_trees(
     epoch: int = 0,
 ) -> list[int]:
     """Insert several whole trees in one transaction (all or none); returns their ids and sets
-    `tree.tree_id` and `tree.problem_id` on each."""
-    tree_ids = []
+    `tree.tree_id` and `tree.problem_id` on each. One statement for the tree rows, one for all
+    their nodes."""
+    if not trees:
+        return []
+    created_at = utcnow()
+    tree_rows = [
+        {
+            "run_id": run_id,
+            "problem_id": problem_id,
+            "epoch": epoch,
+            "rollout": tree.rollout,
+            "policy_version": policy_version,
+            "logprob_temperature": tree.logprob_temperature,
+            "num_nodes": len(tree.nodes),
+            "num_leaves": len(tree.leaves()),
+            "max_depth": tree.max_depth,
+            "num_tokens": tree.num_completion_tokens,
+            "scored": tree.scored,
+            "mean_reward": _mean_reward(tree) if tree.scored else None,
+            "created_at": created_at,
+        }
+        for tree, problem_id in zip(trees, problem_ids, strict=True)
+    ]
     with store.session() as session, session.begin():
         connection = session.connection()
-        for tree, problem_id in zip(trees, problem_ids, strict=True):
-            scored = tree.scored
-            tree_row = {
-                "run_id": run_id,
-                "problem_id": problem_id,
-                "epoch": epoch,
-                "rollout": tree.rollout,
-                "policy_version": policy_version,
-                "logprob_temperature": tree.logprob_temperature,
-                "num_nodes": len(tree.nodes),
-                "num_leaves": len(tree.leaves()),
-                "max_depth": tree.max_depth,
-                "num_tokens": tree.num_completion_tokens,
-                "scored": scored,
-                "mean_reward": _mean_reward(tree) if scored else None,
-                "created_at": utcnow(),
-            }
-            tree_id = connection.execute(
-                insert(TreeRow).values(**tree_row).returning(TreeRow.id)
-            ).scalar_one()
-            _insert_nodes(connection, [_node_row(tree_id, node) for node in tree.nodes])
-            tree_ids.append(tree_id)
+        tree_ids = list(connection.execute(
+            insert(TreeRow).returning(TreeRow.id, sort_by_parameter_order=True), tree_rows
+        ).scalars())
+        _insert_nodes(connection, [_node_row(tree_id, node)
+                                   for tree, tree_id in zip(trees, tree_ids, strict=True)
+                                   for node in tree.nodes])
     for tree, tree_id, problem_id in zip(trees, tree_ids, problem_ids, strict=True):
         tree.tree_id = tree_id
         tree.problem_id = problem_id
@@ -211,19 +205,20 @@ def write_trees(
 
 
 _NODE_INSERT_COLUMNS = [column.name for column in NodeRow.__table__.columns]
+_SQLITE_NODE_INSERT = (
+    f"INSERT INTO nodes ({', '.join(_NODE_INSERT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _NODE_INSERT_COLUMNS)})"
+)
 
 
-def _insert_nodes(connection, rows: list[dict[str, Any]]) -> None:
+def _insert_nodes(connection, rows: list[tuple[Any, ...]]) -> None:
     # On SQLite, handing plain tuples to the driver's executemany doubles the write rate over
     # SQLAlchemy's per-row parameter processing (the columns need no type conversion).
     if connection.dialect.paramstyle == "qmark":
-        placeholders = ", ".join("?" for _ in _NODE_INSERT_COLUMNS)
-        connection.exec_driver_sql(
-            f"INSERT INTO nodes ({', '.join(_NODE_INSERT_COLUMNS)}) VALUES ({placeholders})",
-            [tuple(row[name] for name in _NODE_INSERT_COLUMNS) for row in rows],
-        )
+        connection.exec_driver_sql(_SQLITE_NODE_INSERT, rows)
     else:
-        connection.execute(insert(NodeRow), rows)
+        connection.execute(insert(NodeRow),
+                           [dict(zip(_NODE_INSERT_COLUMNS, row, strict=True)) for row in rows])
 
 
 def _mean_reward(tree: Tree) -> float | None:
