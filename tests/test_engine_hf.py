@@ -528,7 +528,10 @@ def test_the_prefix_cache_holds_the_last_call_within_its_token_budget(
 ):
     """Never more than `prefix_cache_max_tokens` tokens held, the previous call's rows dropped
     once reused, and rows that do not fit are not stored (their requests just forward more)."""
-    budget = 150
+    prompt = contexts[0]
+    row_length = len(prompt) + 29  # a row of a 30-token request: its last token has no KV
+    budget = len(prompt) + row_length + 5  # room for the primed prompt and one row
+    assert budget < 2 * row_length
     engine = make_engine(
         model, tokenizer, batch_size=2, eos_token_ids=(), prefix_cache_max_tokens=budget
     )
@@ -541,10 +544,7 @@ def test_the_prefix_cache_holds_the_last_call_within_its_token_budget(
         assert kv.shape[3] == len(token_ids)  # (layers, 2, kv_heads, n, head_dim)
 
     monkeypatch.setattr(engine.prefix_cache, "add", recording_add)
-    prompt = contexts[0]
     first = engine.generate([GenerationRequest(prompt, 30)] * 3, sampling=UNTRUNCATED, topk=1)
-    row_length = len(prompt) + 29
-    assert 2 * row_length > budget >= row_length + len(prompt)
     # The prompt is primed (one row), then one finished row fits beside it.
     assert held_after_each_add == [len(prompt), len(prompt) + row_length]
 

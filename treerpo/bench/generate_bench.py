@@ -18,10 +18,13 @@ short request per problem. Then, with a fresh `HFEngine` of the same seed each t
 Seconds per leaf divides each time by its own number of leaves (P·G differs from L by rounding).
 Wall time is the goal's measure; the CPU time of this process is reported beside it because it
 barely moves when other processes share the cores. Tokens per leaf, tree ÷ flat, is what the time
-ratio would be if a run cost exactly the tokens it decodes. It does not: the engine keeps no KV
-cache between requests, so each alternative or coverage request forwards its whole path (prompt
-and ancestors' segments) again before decoding, and on a CPU a forwarded context token costs
-about half a decoded one.
+ratio would be if a run cost exactly the tokens it decodes. It does not: a tree decodes in several
+waves of smaller batches than the one flat batch, and a step of few rows costs more per token.
+The engine runs with its prefix cache (`HFEngine(prefix_cache=True)`, the default): an
+alternative or coverage request reuses the KV of the row it extends and forwards one context
+token, not its whole path (without the cache the tree costs about 1.1× flat per leaf, since on a
+CPU a forwarded context token costs about half a decoded one). Flat samples of one prompt share
+its prefill the same way.
 
 A random model never samples EOS (one token in 400 with nearly flat logits), so every path and
 every flat sample runs to `max_new_tokens`.

@@ -60,8 +60,9 @@ def create_engine(
 ):
     """Load `model` into the named engine; returns `(engine, tokenizer)`.
 
-    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`,
-    `enable_prefix_caching` and `max_logprobs` to vLLM. Errors are `BadInputError`s.
+    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`
+    and `max_logprobs` to vLLM; `enable_prefix_caching` to both (the HF engine keeps the KV of
+    the previous call's rows for the next wave). Errors are `BadInputError`s.
     """
     from treerpo.engines.loading import (
         eos_token_ids,
@@ -102,6 +103,7 @@ def create_engine(
         seed=seed,
         logprob_temperature=logprob_temperature,
         batch_size=batch_size,
+        prefix_cache=enable_prefix_caching,
     )
     return engine, tokenizer
 

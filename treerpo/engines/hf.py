@@ -23,18 +23,50 @@ Per step, for the rows still running (finished rows are dropped from the batch a
 A row finishes at an EOS id (the tokenizer's and the generation config's; finish reason "eos",
 EOS included) or after its own `max_new_tokens` (finish reason "budget"). Requests are sorted by
 context length and decoded in batches of up to `batch_size`, to limit padding.
+
+Prefix cache (`prefix_cache=True`, `treerpo.engines.prefix_cache`): the KV of every finished row
+is kept for the next call, and a request reuses the longest stored prefix of its context and
+forwards only the rest. The prefill then sees, per row, the reused K/V left-padded to the
+longest reuse of the batch, followed by the left-padded rest of the context, at positions
+`reused .. len(context) - 1`. Identical contexts of one call that the cache does not cover (the
+samples of a flat rollout) are prefilled once first. Reuse changes no result beyond float noise:
+batches, their order and the random draws are those of the uncached engine, so greedy and seeded
+samples are the same tokens (a sampled token could differ only where float noise of ~1e-6 in the
+logits flips a draw) and logprobs agree to ~1e-6.
+
+A stored K/V is valid only for the weights that computed it. `load_weights` and
+`reset_prefix_cache()` clear the cache, and every `generate` call first compares a fingerprint of
+the parameters with the one the cache was filled under, clearing the cache on any difference:
+each parameter's storage address and autograd version counter (bumped by every in-place update
+autograd sees: torch's optimizers but the fused ones, `load_state_dict`, `copy_` under no_grad)
+and its float32 sum (for updates autograd does not see: `.data` writes, fused optimizers). So a
+trainer that shares the model object (chained training) needs no call; the sums cost one read of
+the weights per call. Models whose cache is not plain full-attention `DynamicLayer`s
+(sliding-window layers drop old tokens), and transformers without them, run without it.
 """
 
 from __future__ import annotations
 
 import inspect
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
+from transformers import DynamicCache
+
+try:
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # older transformers keep no per-layer cache objects: no prefix cache
+    DynamicLayer = None
 
 from treerpo.engines.base import GenerationRequest, GenerationResult, SamplingSettings
 from treerpo.engines.loading import eos_token_ids as collect_eos_token_ids
+from treerpo.engines.prefix_cache import NO_MATCH, PrefixCache, PrefixMatch
+
+# KV tokens the prefix cache may hold: 1 GiB for the bench's random model (4 KiB per token),
+# 7 GiB for Qwen2.5-1.5B in bfloat16 (28 KiB per token).
+DEFAULT_PREFIX_CACHE_TOKENS = 1 << 18
 
 
 def apply_repetition_penalty(
@@ -113,11 +145,15 @@ class HFEngine:
         logprob_temperature: float = 1.0,
         batch_size: int = 64,
         eos_token_ids: Iterable[int] | None = None,
+        prefix_cache: bool = True,
+        prefix_cache_max_tokens: int = DEFAULT_PREFIX_CACHE_TOKENS,
     ) -> None:
         if logprob_temperature <= 0:
             raise ValueError(f"logprob_temperature must be > 0, got {logprob_temperature}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if prefix_cache_max_tokens < 0:
+            raise ValueError(f"prefix_cache_max_tokens must be >= 0, got {prefix_cache_max_tokens}")
         self.model = model
         self.tokenizer = tokenizer
         self.logprob_temperature = float(logprob_temperature)
@@ -140,6 +176,13 @@ class HFEngine:
         )
         # transformers >= 5.x renamed `past_key_values` to `cache` (the old name warns).
         self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
+        self.prefix_cache = (
+            PrefixCache(max_tokens=prefix_cache_max_tokens) if prefix_cache else None
+        )
+        self._prefix_cache_weights: tuple | None = None  # fingerprint the cache was filled under
+        # Context tokens over the engine's life: KV taken from the prefix cache, and forwarded.
+        self.context_tokens_reused = 0
+        self.context_tokens_forwarded = 0
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy updated weights (e.g. the trainer's `named_parameters()`) into the model."""
@@ -149,6 +192,13 @@ class HFEngine:
                 target = parameters[name]
                 if tensor.data_ptr() != target.data_ptr():
                     target.copy_(tensor)
+        self.reset_prefix_cache()
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every stored KV row (e.g. after an optimizer step; `generate` also notices)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
+        self._prefix_cache_weights = None
 
     def generate(
         self,
@@ -162,18 +212,22 @@ class HFEngine:
                 raise ValueError("a generation request needs at least one context token")
             if request.max_new_tokens < 1:
                 raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+        contexts = [np.asarray(r.context_token_ids, dtype=np.int64) for r in requests]
         results: list[GenerationResult | None] = [None] * len(requests)
-        order = sorted(
-            range(len(requests)), key=lambda index: -len(requests[index].context_token_ids)
-        )
+        order = sorted(range(len(requests)), key=lambda index: -len(contexts[index]))
         # A trainer may share this model: sample without dropout, then give its mode back.
         was_training = self.model.training
         self.model.eval()
         try:
+            matches = self._plan_prefix_reuse(contexts)
             for start in range(0, len(order), self.batch_size):
                 batch_indices = order[start : start + self.batch_size]
                 batch_results = self._generate_batch(
-                    [requests[index] for index in batch_indices], sampling=sampling, topk=topk
+                    [requests[index] for index in batch_indices],
+                    contexts=[contexts[index] for index in batch_indices],
+                    matches=[matches[index] for index in batch_indices],
+                    sampling=sampling,
+                    topk=topk,
                 )
                 for index, result in zip(batch_indices, batch_results, strict=True):
                     results[index] = result
@@ -184,46 +238,151 @@ class HFEngine:
     def _forward(self, **inputs):
         return self.model(use_cache=True, return_dict=True, **inputs)
 
+    # ---- prefix cache ----
+
+    def _weights_fingerprint(self) -> tuple:
+        """Changes whenever the weights may have (module doc)."""
+        parameters = list(self.model.parameters())
+        with torch.no_grad():
+            sums = torch.stack([p.detach().sum(dtype=torch.float32) for p in parameters])  # (P,)
+        identities = tuple((p.data_ptr(), p._version) for p in parameters)
+        return identities, sums.cpu().numpy().tobytes()
+
+    def _plan_prefix_reuse(self, contexts: Sequence[np.ndarray]) -> list[PrefixMatch]:
+        """The stored prefix each context reuses, after dropping a stale cache and prefilling
+        the identical contexts it does not cover once."""
+        cache = self.prefix_cache
+        if cache is None:
+            return [NO_MATCH] * len(contexts)
+        fingerprint = self._weights_fingerprint()
+        if fingerprint != self._prefix_cache_weights:
+            cache.clear()
+            self._prefix_cache_weights = fingerprint
+        matches = cache.plan(contexts)
+        copies = Counter(context.tobytes() for context in contexts)
+        uncovered: dict[bytes, tuple[np.ndarray, PrefixMatch]] = {}
+        for context, match in zip(contexts, matches, strict=True):
+            key = context.tobytes()
+            if copies[key] < 2 or match.length == len(context) - 1 or key in uncovered:
+                continue
+            if cache.fits(*(len(primed) for primed, _ in uncovered.values()), len(context)):
+                uncovered[key] = (context, match)
+        if not uncovered:
+            return matches
+        to_prime = sorted(uncovered.values(), key=lambda item: -len(item[0]))
+        for start in range(0, len(to_prime), self.batch_size):
+            batch = to_prime[start : start + self.batch_size]
+            self._prime_batch([context for context, _ in batch], [match for _, match in batch])
+        return cache.plan(contexts)  # counts the consumers afresh, primed rows included
+
+    @torch.inference_mode()
+    def _prime_batch(self, contexts: Sequence[np.ndarray], matches: Sequence[PrefixMatch]):
+        outputs, attention_mask, _ = self._prefill(contexts, matches)
+        cache = getattr(outputs, self._cache_keyword)
+        for row, context in enumerate(contexts):
+            self._store_row(cache, row=row, attention_mask=attention_mask[row], token_ids=context)
+
+    def _store_row(
+        self, cache, *, row: int, attention_mask: torch.Tensor, token_ids: np.ndarray
+    ) -> None:
+        """Keep the K/V of batch row `row` (its unmasked columns hold `token_ids`), if it fits."""
+        if self.prefix_cache is None or not self.prefix_cache.fits(len(token_ids)):
+            return
+        if not (
+            DynamicLayer is not None
+            and type(cache) is DynamicCache
+            and all(type(layer) is DynamicLayer for layer in cache.layers)
+        ):
+            self.prefix_cache = None  # module doc: sliding-window or other special layers
+            return
+        columns = attention_mask.nonzero().squeeze(1)  # (n,)
+        kv = torch.stack(
+            [
+                torch.stack([layer.keys[row][:, columns], layer.values[row][:, columns]])
+                for layer in cache.layers
+            ]
+        )  # (layers, 2, kv_heads, n, head_dim)
+        self.prefix_cache.add(token_ids, kv)
+
+    def _reused_kv(self, matches: Sequence[PrefixMatch], past_length: int) -> DynamicCache:
+        """The stored K/V of each row's match, left-padded to `past_length`."""
+        stored = next(match.row.kv for match in matches if match.row is not None)
+        num_layers, _, kv_heads, _, head_dim = stored.shape
+        past = stored.new_zeros((num_layers, 2, len(matches), kv_heads, past_length, head_dim))
+        for row, match in enumerate(matches):
+            if match.row is not None:
+                past[:, :, row, :, past_length - match.length :] = match.row.kv[
+                    :, :, :, : match.length
+                ]
+        cache = DynamicCache()
+        for layer in range(num_layers):
+            cache.update(past[layer, 0], past[layer, 1], layer)
+        return cache
+
+    # ---- decoding ----
+
+    def _prefill(self, contexts: Sequence[np.ndarray], matches: Sequence[PrefixMatch]):
+        """Forward every context but its reused prefix; returns the outputs, the attention mask
+        over the cache (B, P + S) and each row's last position (B, 1)."""
+        batch_size = len(contexts)
+        reused = [match.length for match in matches]
+        rest_lengths = [
+            len(context) - length for context, length in zip(contexts, reused, strict=True)
+        ]
+        past_length, rest_length = max(reused), max(rest_lengths)  # P, S
+        input_ids = torch.full((batch_size, rest_length), self._pad_token_id, dtype=torch.long)
+        position_ids = torch.zeros((batch_size, rest_length), dtype=torch.long)
+        attention_mask = torch.zeros((batch_size, past_length + rest_length), dtype=torch.long)
+        for row, (context, length) in enumerate(zip(contexts, reused, strict=True)):
+            rest = len(context) - length
+            input_ids[row, rest_length - rest :] = torch.from_numpy(context[length:])
+            position_ids[row, rest_length - rest :] = torch.arange(length, len(context))
+            attention_mask[row, past_length - length : past_length] = 1
+            attention_mask[row, past_length + rest_length - rest :] = 1
+        inputs = {}
+        if self._logits_to_keep_keyword is not None:
+            inputs[self._logits_to_keep_keyword] = 1
+        if past_length:
+            inputs[self._cache_keyword] = self._reused_kv(matches, past_length)
+        position_ids, attention_mask = position_ids.to(self.device), attention_mask.to(self.device)
+        outputs = self._forward(
+            input_ids=input_ids.to(self.device),  # (B, S)
+            attention_mask=attention_mask,  # (B, P + S)
+            position_ids=position_ids,  # (B, S)
+            **inputs,
+        )
+        self.context_tokens_reused += sum(reused)
+        self.context_tokens_forwarded += sum(rest_lengths)
+        return outputs, attention_mask, position_ids[:, -1:]
+
     @torch.inference_mode()
     def _generate_batch(
         self,
         requests: Sequence[GenerationRequest],
         *,
+        contexts: Sequence[np.ndarray],
+        matches: Sequence[PrefixMatch],
         sampling: SamplingSettings,
         topk: int,
     ) -> list[GenerationResult]:
         device = self.device
         batch_size = len(requests)
-        context_lengths = [len(request.context_token_ids) for request in requests]
-        padded_length = max(context_lengths)
-        input_ids = torch.full((batch_size, padded_length), self._pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros((batch_size, padded_length), dtype=torch.long)
-        for row, request in enumerate(requests):
-            input_ids[row, padded_length - context_lengths[row] :] = torch.as_tensor(
-                request.context_token_ids, dtype=torch.long
-            )
-            attention_mask[row, padded_length - context_lengths[row] :] = 1
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)  # (B, L)
-        position_ids = (attention_mask.cumsum(dim=-1) - 1).clamp(min=0)  # (B, L)
-
-        prefill_kwargs = {}
-        if self._logits_to_keep_keyword is not None:
-            prefill_kwargs[self._logits_to_keep_keyword] = 1
-        outputs = self._forward(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            **prefill_kwargs,
-        )
+        outputs, attention_mask, last_positions = self._prefill(contexts, matches)
+        if self.prefix_cache is not None:
+            for match in matches:
+                self.prefix_cache.release(match)
         cache = getattr(outputs, self._cache_keyword)
         vocab_size = outputs.logits.shape[-1]
         topk = min(topk, vocab_size)
 
-        # The tokens already in each context, for the repetition penalty; pad positions point at
-        # an extra column that is dropped.
-        seen_token_mask = torch.zeros((batch_size, vocab_size + 1), dtype=torch.bool, device=device)
-        seen_token_mask.scatter_(1, input_ids.masked_fill(attention_mask == 0, vocab_size), True)
-        seen_token_mask = seen_token_mask[:, :vocab_size].contiguous()  # (B, V)
+        # The tokens already in each context, for the repetition penalty.
+        context_rows = torch.repeat_interleave(
+            torch.arange(batch_size), torch.tensor([len(context) for context in contexts])
+        )
+        seen_token_mask = torch.zeros((batch_size, vocab_size), dtype=torch.bool, device=device)
+        seen_token_mask[
+            context_rows.to(device), torch.from_numpy(np.concatenate(contexts)).to(device)
+        ] = True  # (B, V)
 
         budgets = torch.tensor([r.max_new_tokens for r in requests], device=device)  # (B,)
         max_steps = int(budgets.max())
@@ -237,7 +396,6 @@ class HFEngine:
         stopped_at_eos = torch.zeros(batch_size, dtype=torch.bool, device=device)  # (B,)
 
         live_rows = torch.arange(batch_size, device=device)  # (b,) batch row of each live row
-        last_positions = position_ids[:, -1:]  # (b, 1)
         for step in range(max_steps):
             logits = outputs.logits[:, -1, :].float()  # (b, V)
             raw_logprobs = torch.log_softmax(logits, dim=-1)  # (b, V)
@@ -261,6 +419,17 @@ class HFEngine:
             stopped_at_eos[live_rows] = is_eos
             finished = is_eos | (budgets[live_rows] <= step + 1)  # (b,)
             num_finished = int(finished.sum())  # the one host sync per step
+            if num_finished and self.prefix_cache is not None:
+                # The cache holds each row's context and the tokens sampled before this step.
+                for row in finished.nonzero().squeeze(1).tolist():
+                    batch_row = int(live_rows[row])
+                    held_ids = out_token_ids[batch_row, :step].cpu().numpy()
+                    self._store_row(
+                        cache,
+                        row=row,
+                        attention_mask=attention_mask[row],
+                        token_ids=np.concatenate([contexts[batch_row], held_ids]),
+                    )
             if num_finished == len(live_rows):
                 break
             if num_finished:
@@ -272,7 +441,7 @@ class HFEngine:
             seen_token_mask[torch.arange(len(live_rows), device=device), token_ids] = True
             attention_mask = torch.cat(
                 [attention_mask, attention_mask.new_ones((len(live_rows), 1))], dim=1
-            )  # (b, L + step + 1)
+            )  # (b, P + S + step + 1)
             last_positions = last_positions + 1  # (b, 1)
             outputs = self._forward(
                 input_ids=token_ids[:, None],
