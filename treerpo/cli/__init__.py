@@ -108,8 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # the last line of defence: one line, never a traceback
         if _wants_debug(args):
             raise
-        message = f"error: unexpected {type(error).__name__}: {error} (rerun with --debug)"
-        typer.echo(message.replace("\n", " "), err=True)
+        detail = " ".join(str(error).split())
+        if len(detail) > 300:  # driver errors can quote whole statements and their parameters
+            detail = detail[:300] + "…"
+        typer.echo(f"error: unexpected {type(error).__name__}: {detail} (rerun with --debug)",
+                   err=True)
         return 1
     return result if isinstance(result, int) else 0
 

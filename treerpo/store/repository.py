@@ -118,7 +118,7 @@ def upsert_problems(
             if key in ids:  # the same row twice in one call
                 continue
             row = ProblemRow(dataset=key.dataset, split=key.split, row_index=key.row_index,
-                             problem=text, reference=reference)
+                             problem=storable_text(text), reference=storable_text(reference))
             session.add(row)
             session.flush()
             ids[key] = row.id
@@ -133,11 +133,17 @@ def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[i
         ))
 
 
+def storable_text(text: str) -> str:
+    """Text as every backend can store it: PostgreSQL text cannot hold NUL, which a sampled
+    token may decode to, so it is kept as U+FFFD (the token ids stay the exact record)."""
+    return text.replace("\x00", "\ufffd")
+
+
 def _node_row(tree_id: int, node: TreeNode) -> tuple[Any, ...]:
     """A node as a row of `nodes`, in `_NODE_INSERT_COLUMNS` order."""
     return (
         tree_id, node.index, node.parent, node.depth, node.ordinal, node.kind, node.num_tokens,
-        pack_token_ids(node.token_ids), pack_logprobs(node.logprobs), node.text,
+        pack_token_ids(node.token_ids), pack_logprobs(node.logprobs), storable_text(node.text),
         node.split_entropy, node.finish_reason, node.reward, node.value, node.advantage,
     )
 
