@@ -9,8 +9,8 @@ import uuid
 
 import numpy as np
 import pytest
-
 from cli_runner import run_cli
+
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.store import database, repository
 
