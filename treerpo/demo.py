@@ -56,9 +56,10 @@ class DemoResult:
     tree_ids: list[int]
     output_dir: str
     train_run: str
+    tokens_generated: int  # completion tokens of every tree grown (each decoded once)
 
 
-def _greedy_accuracy(*, store: Store, model: str, settings: DemoSettings, run_name: str) -> float:
+def greedy_accuracy(*, store: Store, model: str, settings: DemoSettings, run_name: str) -> float:
     config = EvalConfig(
         run_name=run_name, mode="greedy", max_new_tokens=settings.max_new_tokens,
         batch_size=settings.eval_problems,
@@ -80,13 +81,18 @@ def run_demo(
     settings: DemoSettings = DemoSettings(),
     on_message: Callable[[str], None] = lambda message: None,
     on_step: Callable[[int, float], None] = lambda step, reward: None,
+    accuracy_before: float | None = None,
+    tag: str | None = None,
 ) -> DemoResult:
     started = time.perf_counter()
     policy = str(arith_policy_path())
-    tag = f"demo-{int(time.time())}"
-    on_message(f"evaluating the shipped policy on {settings.eval_problems} held-out problems")
-    before = _greedy_accuracy(store=store, model=policy, settings=settings,
-                              run_name=f"{tag}-eval-before")
+    tag = tag or f"demo-{int(time.time())}"
+    if accuracy_before is None:
+        on_message(f"evaluating the shipped policy on {settings.eval_problems} held-out problems")
+        before = greedy_accuracy(store=store, model=policy, settings=settings,
+                                  run_name=f"{tag}-eval-before")
+    else:
+        before = accuracy_before
     on_message(f"greedy accuracy before: {before:.1%}; training {settings.steps} steps")
     config = TrainConfig(
         run_name=f"{tag}-train",
@@ -114,17 +120,18 @@ def run_demo(
     summary = run_training(store=store, config=config,
                            callbacks=TrainCallbacks(on_message=on_message, on_step=record))
     on_message("evaluating the trained policy")
-    after = _greedy_accuracy(store=store, model=str(output_dir), settings=settings,
+    after = greedy_accuracy(store=store, model=str(output_dir), settings=settings,
                              run_name=f"{tag}-eval-after")
     run = repository.find_run(store, config.resolved_run_name())
-    tree_ids = [s.tree_id for s in repository.list_trees(store, run_id=run.id)]
+    trees = repository.list_trees(store, run_id=run.id)
     return DemoResult(
         accuracy_before=before,
         accuracy_after=after,
         steps=summary.steps,
         seconds=time.perf_counter() - started,
         rewards_per_step=rewards,
-        tree_ids=tree_ids,
+        tree_ids=[tree.tree_id for tree in trees],
         output_dir=str(output_dir),
         train_run=config.resolved_run_name(),
+        tokens_generated=sum(tree.num_tokens for tree in trees),
     )
