@@ -29,9 +29,9 @@ from treerpo.training.trainer import TrainCallbacks, run_training
 
 @dataclass(frozen=True)
 class DemoSettings:
-    steps: int = 20
+    steps: int = 120
     eval_problems: int = 200
-    problems_per_step: int = 8
+    problems_per_step: int = 16
     learning_rate: float = 1e-4
     seed: int = 0
     max_new_tokens: int = 80
@@ -43,7 +43,7 @@ class DemoSettings:
         coverage_min_chars=40, coverage_children_max=8, root_children=2, max_new_tokens=80,
         split_delimiters=["= ", "\n"]))
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(
-        temperature=1.0, top_p=1.0, top_k=None, repetition_penalty=1.0))
+        temperature=0.7, top_p=1.0, top_k=None, repetition_penalty=1.0))
 
 
 @dataclass

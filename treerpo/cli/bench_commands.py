@@ -195,8 +195,8 @@ def bench_replay(
 @bench_app.command("learn")
 def bench_learn(
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per method (0, 1, ...)."),
-    steps: int = typer.Option(20, "--steps", min=1, help="Training steps per run."),
-    problems_per_step: int = typer.Option(8, "--problems-per-step", min=1,
+    steps: int = typer.Option(120, "--steps", min=1, help="Training steps per run."),
+    problems_per_step: int = typer.Option(16, "--problems-per-step", min=1,
                                           help="Problems per step."),
     eval_problems: int = typer.Option(200, "--eval-problems", min=1,
                                       help="Held-out arith problems evaluated."),

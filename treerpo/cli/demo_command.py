@@ -27,12 +27,12 @@ def sparkline(values: list[float]) -> str:
 
 
 def demo(
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 20,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 120,
     eval_problems: Annotated[int, typer.Option(
         "--eval-problems", min=1, help="Held-out arith problems evaluated before and after."),
     ] = 200,
     problems_per_step: Annotated[int, typer.Option(
-        "--problems-per-step", min=1, help="Trees grown and trained on per step.")] = 8,
+        "--problems-per-step", min=1, help="Trees grown and trained on per step.")] = 16,
     output_dir: Annotated[Path, typer.Option(
         "--output-dir", help="Where the trained policy goes.")] = Path("data/demo"),
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
