@@ -58,7 +58,7 @@ from treerpo.problems.arith import (
 )
 from treerpo.problems.prompts import build_prompt
 from treerpo.scoring.verify import is_correct
-from treerpo.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS
+from treerpo.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_random_model
 
 GREEDY = SamplingSettings(
     temperature=0.0, top_p=None, top_k=None, min_p=None, repetition_penalty=None
@@ -174,27 +174,13 @@ def build_policy(
     num_heads: int,
 ):
     """A random float32 `Qwen2ForCausalLM` for `tokenizer`, with its EOS and pad ids set."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    policy = build_random_model(
+        tokenizer, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_layers=num_layers, num_heads=num_heads, num_kv_heads=num_heads,
+        max_position_embeddings=512, seed=seed,
     )
-    torch.manual_seed(seed)
-    policy = Qwen2ForCausalLM(config)
-    policy.generation_config.eos_token_id = tokenizer.eos_token_id
-    policy.generation_config.pad_token_id = tokenizer.pad_token_id
     policy.generation_config.bos_token_id = None
-    return policy
+    return policy.train()
 
 
 def encode_examples(tokenizer, rows: Sequence[dict]) -> list[Example]:
