@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from treerpo.errors import BadInputError
 from treerpo.store.database import DEFAULT_DB_URL, Store, open_store
@@ -38,6 +39,19 @@ def stdout_console() -> Console:
 
 def stderr_console() -> Console:
     return Console(stderr=True, highlight=False)
+
+
+def progress_bar(
+    *, label: str, unit: str, console: Console, disable: bool, field: str | None = None
+) -> Progress:
+    """The progress bar of a long command: label, bar, done/total UNIT, an optional live
+    field (rate, running accuracy), elapsed time and ETA. Gone when the command finishes."""
+    columns = [TextColumn(f"[bold]{label}"), BarColumn(),
+               TextColumn(f"{{task.completed}}/{{task.total}} {unit}")]
+    if field is not None:
+        columns.append(TextColumn(f"{{task.fields[{field}]}}"))
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    return Progress(*columns, console=console, disable=disable, transient=True)
 
 
 def print_json(payload: Any) -> None:

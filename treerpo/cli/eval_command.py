@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -16,6 +15,7 @@ from treerpo.cli.common import (
     DbOption,
     JsonOption,
     print_json,
+    progress_bar,
     stdout_console,
     store_at,
     validated,
@@ -127,12 +127,8 @@ def gsm8k(
     problem_set = load_eval_problems(config)
     policy, tokenizer = create_engine_from_config(config.engine)
     console = stdout_console()
-    progress = Progress(
-        TextColumn("[bold]eval gsm8k"), BarColumn(),
-        TextColumn("{task.completed}/{task.total} records"),
-        TextColumn("{task.fields[accuracy]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=json_output, transient=True,
-    )
+    progress = progress_bar(label="eval gsm8k", unit="records", console=console,
+                            disable=json_output, field="accuracy")
     task = progress.add_task("records", total=None, accuracy="")
 
     def on_progress(state: EvalProgress) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from treerpo.cli import options as opt
@@ -14,6 +13,7 @@ from treerpo.cli.common import (
     DbOption,
     JsonOption,
     print_json,
+    progress_bar,
     stdout_console,
     store_at,
     validated,
@@ -95,12 +95,8 @@ def generate(
     policy, tokenizer = create_engine_from_config(config.engine,
                                                   max_logprobs=config.tree.entropy_topk)
     console = stdout_console()
-    progress = Progress(
-        TextColumn("[bold]generate"), BarColumn(),
-        TextColumn("{task.completed}/{task.total} trees"),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=console, disable=json_output, transient=True,
-    )
+    progress = progress_bar(label="generate", unit="trees", console=console,
+                            disable=json_output, field="rate")
     task = progress.add_task("trees", total=None, rate="")
 
     def on_start(summary: GenerateSummary) -> None:

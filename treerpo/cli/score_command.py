@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from treerpo.cli.common import (
@@ -13,6 +12,7 @@ from treerpo.cli.common import (
     DbOption,
     JsonOption,
     print_json,
+    progress_bar,
     stdout_console,
     store_at,
 )
@@ -61,10 +61,8 @@ def score(
     with store_at(db) as store:
         run_id = repository.find_run(store, run).id if run is not None else None
         selected = select_trees_to_score(store, tree_ids=tree_id, run_id=run_id, rescore=rescore)
-        progress = Progress(
-            TextColumn("[bold]score"), BarColumn(),
-            TextColumn("{task.completed}/{task.total} leaves"), TimeElapsedColumn(),
-            TimeRemainingColumn(), console=console, disable=json_output, transient=True)
+        progress = progress_bar(label="score", unit="leaves", console=console,
+                                disable=json_output)
         task = progress.add_task("leaves", total=None)
         with progress:
             stats = score_stored_trees(
