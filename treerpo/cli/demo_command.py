@@ -20,10 +20,14 @@ from treerpo.cli.common import (
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float]) -> str:
-    """Rewards in [0, 1] as one line of bar characters (a training curve for the terminal)."""
+def sparkline(values: list[float], *, width: int = 60) -> str:
+    """Rewards in [0, 1] as one line of at most `width` bars (each the mean of consecutive
+    steps): a training curve for the terminal."""
+    buckets = max(1, -(-len(values) // width))  # steps per bar, rounded up
+    means = [sum(values[i:i + buckets]) / len(values[i:i + buckets])
+             for i in range(0, len(values), buckets)]
     return "".join(SPARK_BARS[min(int(v * len(SPARK_BARS)), len(SPARK_BARS) - 1)]
-                   for v in values)
+                   for v in means)
 
 
 def demo(
@@ -65,7 +69,7 @@ def demo(
             console.print(f"[dim]·[/dim] {message}", markup=True, highlight=False)
 
     def on_step(step: int, reward: float) -> None:
-        if not quiet:
+        if not quiet and (step == 1 or step % 10 == 0):
             console.print(f"  step {step:>3}  mean reward {reward:.3f}", highlight=False)
 
     with store_at(db) as store:
