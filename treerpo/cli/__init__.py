@@ -7,6 +7,7 @@ run time; `--debug` (anywhere on the line, or TREERPO_DEBUG=1) shows the traceba
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -84,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
     args = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
+    # The hundreds of thousands of objects created by importing torch, transformers and the rest
+    # live as long as the process: moving them out of the cyclic GC's view stops every full
+    # collection from re-walking them during allocation-heavy work (tree growth, store writes
+    # ran ~1.6x slower without this).
+    gc.freeze()
     command = typer.main.get_command(app)
     try:
         result = command.main(args=args, prog_name="treerpo", standalone_mode=False)
