@@ -7,7 +7,8 @@ from cli_runner import run_cli
 
 def test_bench_replay_tiny():
     result = run_cli("bench", "replay", "--num-trees", "1", "--tree-nodes", "8",
-                     "--prompt-len", "12", "--segment-len", "10", "--hidden-size", "32",
+                     "--prompt-len", "12", "--segment-len", "10", "--hidden-size", "64",
+                     "--vocab-size", "500",
                      "--repeats", "1", "--json")
     assert result.exit_code == 0, result.stderr
     payload = result.json()

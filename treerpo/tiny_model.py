@@ -67,14 +67,18 @@ def build_random_model(
     num_kv_heads: int = 2,
     intermediate_size: int = 64,
     max_position_embeddings: int = 4096,
+    vocab_size: int | None = None,
     seed: int = 0,
 ):
-    """A randomly initialised `Qwen2ForCausalLM` sized for `tokenizer` (float32, eval mode)."""
+    """A randomly initialised `Qwen2ForCausalLM` sized for `tokenizer` (float32, eval mode).
+
+    `vocab_size` widens the vocabulary beyond the tokenizer's (benchmarks that feed random token
+    ids and want a realistic LM head)."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     config = Qwen2Config(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size or len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
         num_hidden_layers=num_layers,

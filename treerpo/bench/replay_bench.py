@@ -2,8 +2,9 @@
 
 Both compute the same TreeRPO loss on the same scored, seed-shaped synthetic trees (a ~200-token
 prompt, depth up to 7, ~150-token segments, coverage children) with the same small random Qwen2
-model on CPU, then backpropagate. The model's width (384 by default) keeps the per-token MLP the
-larger cost, as in real models, rather than the attention over a few thousand tokens.
+model on CPU, then backpropagate. The model has Qwen2.5-0.5B's proportions at a smaller width
+(512) and depth (2), and a 32,000-token vocabulary: as in real models, the per-token MLP and LM
+head are the larger cost, not the attention over a few thousand tokens.
 
 The packed update forwards every unique token once (one packed sequence per tree with a tree
 attention mask); the straightforward replay forwards, for every sibling group, each child with
@@ -98,21 +99,25 @@ def run_replay_bench(
     tree_nodes: int = 24,
     prompt_len: int = 200,
     segment_len: int = 150,
-    hidden_size: int = 384,
+    hidden_size: int = 512,
     num_layers: int = 2,
-    repeats: int = 3,
+    vocab_size: int = 32_000,
+    repeats: int = 2,
     seed: int = 0,
 ) -> ReplayBenchResult:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
+    # Qwen2.5-0.5B's proportions (head dim 64, 2 KV heads, MLP ~5.4x wide) at a few layers.
     model = build_random_model(tokenizer, hidden_size=hidden_size, num_layers=num_layers,
-                               num_heads=4, num_kv_heads=2, intermediate_size=hidden_size * 3,
-                               max_position_embeddings=8192, seed=seed)
+                               num_heads=max(2, hidden_size // 64), num_kv_heads=2,
+                               intermediate_size=hidden_size * 11 // 2,
+                               max_position_embeddings=8192, vocab_size=vocab_size,
+                               seed=seed)
     model.config._attn_implementation = "sdpa"
     rng = np.random.default_rng(seed)
     trees = _scored_trees(model=model, num_trees=num_trees, tree_nodes=tree_nodes,
                           prompt_len=prompt_len, segment_len=segment_len,
-                          vocab_size=len(tokenizer), rng=rng)
+                          vocab_size=vocab_size, rng=rng)
     model.train()
     packed_seconds, packed_grad = _timed_update(
         model, lambda: packed_tree_loss(model=model, trees=trees)[0], repeats)
