@@ -154,8 +154,9 @@ def bench_replay(
 
     Both compute the same loss and gradient on the same synthetic scored trees (prompt ~200
     tokens, depth up to 7, ~150-token segments, coverage children) with the same small random
-    Qwen2 (Qwen2.5-0.5B's proportions at width 512, 2 layers, a 32,000-token vocabulary). Goals: speedup >= 3, packed tokens / unique tokens <= 1.02, max |logprob diff| <=
-    1e-5, gradient cosine >= 0.9999.
+    Qwen2 (Qwen2.5-0.5B's proportions at width 512, 2 layers, a 32,000-token vocabulary).
+    Goals: speedup >= 3, packed tokens / unique tokens <= 1.02, max |logprob diff| <= 1e-5,
+    gradient cosine >= 0.9999.
 
     Examples:
 
