@@ -121,6 +121,9 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA synchronous=NORMAL")
+    # A 64 MiB page cache (default 2 MiB): a batch of trees writes tens of MB of token arrays,
+    # and with the small default SQLite spills and re-reads pages mid-transaction.
+    cursor.execute("PRAGMA cache_size=-65536")
     cursor.close()
 
 
