@@ -38,6 +38,7 @@ from typing import Any
 
 from treerpo.errors import BadInputError
 from treerpo.problems.arith import load_arith_split
+from treerpo.scoring.answers import balanced_group
 
 PROBLEM_FIELDS = ("problem", "question", "prompt")
 REFERENCE_FIELDS = ("final_answer", "answer", "solution")
@@ -217,20 +218,13 @@ _BOXED_OPENING = re.compile(r"\\boxed\s*\{")
 
 
 def _last_boxed_content(solution: str) -> str | None:
-    """The stripped content of the last `\\boxed{...}` (nested braces allowed), or None."""
+    """The stripped content of the last non-empty, balanced `\\boxed{...}`, or None. Unlike
+    `extract_boxed` (which judges completions by their last box only), an unbalanced or empty
+    last box falls back to an earlier one: a reference should be found where there is one."""
     for opening in reversed(list(_BOXED_OPENING.finditer(solution))):
-        depth = 1
-        for position in range(opening.end(), len(solution)):
-            character = solution[position]
-            if character == "{":
-                depth += 1
-            elif character == "}":
-                depth -= 1
-                if depth == 0:
-                    content = solution[opening.end() : position].strip()
-                    if content:
-                        return content
-                    break
+        content = balanced_group(solution, opening.end() - 1)
+        if content is not None and content.strip():
+            return content.strip()
     return None
 
 

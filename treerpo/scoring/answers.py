@@ -34,7 +34,7 @@ def extract_boxed(text: str) -> str | None:
     while position < len(text) and text[position] in " \t":
         position += 1
     if position < len(text) and text[position] == "{":
-        content = _balanced_group(text, position)
+        content = balanced_group(text, position)
     elif position > last_match.end():
         bare = _BARE_TOKEN.match(text, position)
         content = bare.group(0).rstrip(".,;:") if bare else None
@@ -45,7 +45,7 @@ def extract_boxed(text: str) -> str | None:
     return content.strip()
 
 
-def _balanced_group(text: str, open_position: int) -> str | None:
+def balanced_group(text: str, open_position: int) -> str | None:
     """Content between the `{` at `open_position` and its matching `}`; None if it never closes."""
     depth = 0
     position = open_position

@@ -371,12 +371,6 @@ def update_scores(store: Store, *, trees: Sequence[Tree], reward_fn: str) -> Non
         connection.execute(tree_statement, tree_params)
 
 
-def delete_tree(store: Store, tree_id: int) -> None:
-    with store.session() as session, session.begin():
-        session.execute(delete(NodeRow).where(NodeRow.tree_id == tree_id))
-        session.execute(delete(TreeRow).where(TreeRow.id == tree_id))
-
-
 # --- eval results (`treerpo eval gsm8k`, `treerpo eval show`) ---------------------------------
 
 
