@@ -11,8 +11,13 @@ r"""Warm-start the tiny arith policy that ships in `treerpo/policies/arith-tiny`
 2. **Model**: a randomly initialised `Qwen2ForCausalLM` (float32, tied embeddings).
 3. **Supervised warm start**: next-token cross-entropy on the assistant part only: the prompt
    (the problem through the chat template, as `build_prompt` renders a tree's root) is context,
-   the worked solution and the EOS token are the targets, token-averaged over the batch. AdamW,
-   linear warmup then a constant learning rate (no decay: the run stops early, see 4).
+   the answer and the EOS token are the targets, token-averaged over the batch. The answer is
+   the boxed result alone for a share of the examples (`--direct-share`, half by default; drawn
+   per example from a stream of its own) and the worked solution for the rest. So the
+   policy learns two ways to answer, chosen at its first token: working the problem out, which
+   it half-learns, and answering at once, which it can hardly ever get right. Which way pays is
+   for RL to find, as a pretrained model holds both careful and hasty habits. AdamW, linear
+   warmup then a constant learning rate (no decay: the run stops early, see 4).
 4. **Early stop in a band**: every `--eval-every` steps the greedy accuracy on the first
    `--eval-problems` problems of the `arith` test split is measured with the project's own
    `HFEngine` (temperature 0, no other transform) and `is_correct`. Training stops at the first
@@ -20,9 +25,10 @@ r"""Warm-start the tiny arith policy that ships in `treerpo/policies/arith-tiny`
    deliberately half-trained, so that TreeRPO has room to improve it and samples of one problem
    disagree. A run that jumps over the band fails instead of saving a policy that is too good.
 5. **Report**: the saved policy is loaded back with `load_policy`/`load_tokenizer` and measured
-   on the same problems: greedy accuracy, and at temperature 0.6 (8 samples per problem, plain
-   and with the sampling defaults of `treerpo generate`) the accuracy of the samples and the
-   share of problems whose samples are mixed right and wrong. All goes into `MADE.md` next to
+   on the same problems: greedy accuracy (overall, and for worked and answer-only completions),
+   and at temperature 0.6 (8 samples per problem, plain and with the sampling defaults of
+   `treerpo generate`) the accuracy of the samples and the share of problems whose samples
+   are mixed right and wrong. All goes into `MADE.md` next to
    the weights.
 
 Deterministic under `--seed` for a given `--threads` (float sums on CPU depend on the thread
@@ -46,6 +52,7 @@ from pathlib import Path
 import torch
 import transformers
 
+from treerpo.demo import is_worked
 from treerpo.engines.base import GenerationRequest, SamplingSettings
 from treerpo.engines.hf import HFEngine
 from treerpo.engines.loading import load_policy, load_tokenizer
@@ -183,17 +190,28 @@ def build_policy(
     return policy.train()
 
 
-def encode_examples(tokenizer, rows: Sequence[dict]) -> list[Example]:
+def direct_solution(row: dict) -> str:
+    """The answer alone, boxed: what a direct (not worked) example teaches."""
+    return f"\\boxed{{{row['answer']}}}"
+
+
+def encode_examples(
+    tokenizer, rows: Sequence[dict], *, direct: Sequence[bool]
+) -> list[Example]:
+    """Supervised examples; where `direct[i]`, row i's target is its boxed answer alone."""
     eos_token_id = tokenizer.eos_token_id
     return [
         Example(
             prompt_token_ids=build_prompt(tokenizer, row["problem"]).token_ids,
             completion_token_ids=[
-                *tokenizer.encode(row["solution"], add_special_tokens=False),
+                *tokenizer.encode(
+                    direct_solution(row) if is_direct else row["solution"],
+                    add_special_tokens=False,
+                ),
                 eos_token_id,
             ],
         )
-        for row in rows
+        for row, is_direct in zip(rows, direct, strict=True)
     ]
 
 
@@ -225,7 +243,15 @@ def completion_loss(policy, *, input_ids, attention_mask, target_ids) -> torch.T
     )
 
 
-def completions_correct(
+@dataclass(frozen=True)
+class Verdict:
+    """One completion: right or wrong, and whether it shows working lines or only an answer."""
+
+    correct: bool
+    worked: bool
+
+
+def judge_completions(
     engine: HFEngine,
     tokenizer,
     problems: Sequence[EvalProblem],
@@ -233,8 +259,8 @@ def completions_correct(
     sampling: SamplingSettings,
     samples_per_problem: int,
     max_new_tokens: int,
-) -> list[list[bool]]:
-    """For each problem, whether each of its sampled completions is correct."""
+) -> list[list[Verdict]]:
+    """For each problem, a verdict on each of its sampled completions."""
     requests = [
         GenerationRequest(context_token_ids=problem.prompt_token_ids, max_new_tokens=max_new_tokens)
         for problem in problems
@@ -245,18 +271,25 @@ def completions_correct(
     for index, result in enumerate(results):
         problem = problems[index // samples_per_problem]
         completion = tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=True)
-        verdicts.append(is_correct(completion, problem.reference))
+        verdicts.append(
+            Verdict(correct=is_correct(completion, problem.reference), worked=is_worked(completion))
+        )
     return [
         verdicts[start : start + samples_per_problem]
         for start in range(0, len(verdicts), samples_per_problem)
     ]
 
 
-def sampled_summary(per_problem: Sequence[Sequence[bool]]) -> tuple[float, float]:
+def sampled_summary(per_problem: Sequence[Sequence[Verdict]]) -> tuple[float, float]:
     """(accuracy over all samples, share of problems with both right and wrong samples)."""
     num_samples = sum(len(samples) for samples in per_problem)
-    accuracy = sum(sum(samples) for samples in per_problem) / num_samples
-    mixed = sum(1 for samples in per_problem if any(samples) and not all(samples))
+    accuracy = sum(verdict.correct for samples in per_problem for verdict in samples) / num_samples
+    mixed = sum(
+        1
+        for samples in per_problem
+        if any(verdict.correct for verdict in samples)
+        and not all(verdict.correct for verdict in samples)
+    )
     return accuracy, mixed / len(per_problem)
 
 
@@ -286,6 +319,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-accuracy", type=float, default=0.60, help="fail when an eval jumps above"
     )
     parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument(
+        "--direct-share",
+        type=float,
+        default=0.5,
+        help="share of train examples whose target is the boxed answer alone (no worked lines)",
+    )
     return parser.parse_args(argv)
 
 
@@ -298,7 +337,7 @@ class WarmStartRecord:
     accuracy_history: list[tuple[int, float]]  # (step, greedy accuracy) at every evaluation
     num_parameters: int
     vocab_size: int
-    greedy_accuracy: float  # of the saved policy, loaded back as users load it
+    greedy: list[Verdict]  # of the saved policy, loaded back as users load it
     sampled: dict[str, tuple[float, float]]  # label -> (sample accuracy, share of mixed problems)
 
 
@@ -369,7 +408,14 @@ def train_until_band(
 def greedy_accuracy(
     engine: HFEngine, tokenizer, problems: Sequence[EvalProblem], max_new_tokens: int
 ) -> float:
-    verdicts = completions_correct(
+    verdicts = greedy_verdicts(engine, tokenizer, problems, max_new_tokens)
+    return sum(verdict.correct for verdict in verdicts) / len(verdicts)
+
+
+def greedy_verdicts(
+    engine: HFEngine, tokenizer, problems: Sequence[EvalProblem], max_new_tokens: int
+) -> list[Verdict]:
+    per_problem = judge_completions(
         engine,
         tokenizer,
         problems,
@@ -377,7 +423,7 @@ def greedy_accuracy(
         samples_per_problem=1,
         max_new_tokens=max_new_tokens,
     )
-    return sum(samples[0] for samples in verdicts) / len(verdicts)
+    return [samples[0] for samples in per_problem]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -403,7 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for row in [*train_rows, *test_rows]
         ],
     )
-    examples = encode_examples(tokenizer, train_rows)
+    # Which examples are direct: a stream of its own, so the share does not move the batch order.
+    direct_random = random.Random(f"direct:{args.seed}")
+    direct = [direct_random.random() < args.direct_share for _ in train_rows]
+    examples = encode_examples(tokenizer, train_rows, direct=direct)
     policy = build_policy(
         tokenizer,
         seed=args.seed,
@@ -444,7 +493,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accuracy_history=accuracy_history,
         num_parameters=num_parameters,
         vocab_size=len(tokenizer),
-        greedy_accuracy=greedy,
+        greedy=greedy,
         sampled=sampled,
     )
     command = sys.argv if argv is None else ["scripts/warm_start_arith.py", *argv]
@@ -465,17 +514,20 @@ def eval_problems_of(tokenizer, rows: Sequence[dict]) -> list[EvalProblem]:
 
 def measure_saved_policy(
     args: argparse.Namespace, *, test_rows: Sequence[dict]
-) -> tuple[float, dict[str, tuple[float, float]]]:
-    """Greedy accuracy and sampled statistics of the policy in `args.out`, loaded as users do."""
+) -> tuple[list[Verdict], dict[str, tuple[float, float]]]:
+    """Greedy verdicts and sampled statistics of the policy in `args.out`, loaded as users do."""
     policy = load_policy(str(args.out), torch_dtype="float32", device="cpu")
     tokenizer = load_tokenizer(str(args.out))
     eval_problems = eval_problems_of(tokenizer, test_rows)
     engine = HFEngine(policy, tokenizer, seed=args.seed, batch_size=len(eval_problems))
-    greedy = greedy_accuracy(engine, tokenizer, eval_problems, args.max_new_tokens)
-    print(f"saved policy: greedy {greedy:.1%}")
+    greedy = greedy_verdicts(engine, tokenizer, eval_problems, args.max_new_tokens)
+    print(
+        f"saved policy: greedy {sum(verdict.correct for verdict in greedy) / len(greedy):.1%}, "
+        f"worked out {sum(verdict.worked for verdict in greedy) / len(greedy):.1%}"
+    )
     sampled = {}
     for label, sampling in (("plain", PLAIN_T06), ("generate-defaults", GENERATE_DEFAULTS)):
-        per_problem = completions_correct(
+        per_problem = judge_completions(
             engine,
             tokenizer,
             eval_problems,
@@ -491,6 +543,13 @@ def measure_saved_policy(
 def made_md(args: argparse.Namespace, *, command: Sequence[str], record: WarmStartRecord) -> str:
     history = ", ".join(f"{step}: {accuracy:.1%}" for step, accuracy in record.accuracy_history)
     examples_seen = record.stopped_at_step * args.batch_size
+    greedy_accuracy_ = sum(verdict.correct for verdict in record.greedy) / len(record.greedy)
+    kind_rows = []
+    for label, worked in (("worked out (one line per operation)", True), ("answer only", False)):
+        kind = [verdict for verdict in record.greedy if verdict.worked == worked]
+        kind_accuracy = sum(verdict.correct for verdict in kind) / len(kind) if kind else 0.0
+        kind_rows.append(f"| {label} | {len(kind)} | {kind_accuracy:.1%} |")
+    kind_table = "\n".join(kind_rows)
     plain_accuracy, plain_mixed = record.sampled["plain"]
     defaults_accuracy, defaults_mixed = record.sampled["generate-defaults"]
     return f"""# arith-tiny: how it was made
@@ -518,7 +577,9 @@ EOS `<|im_end|>` |
 | data | built-in `arith` train split: 20,000 problems, {DEFAULT_MIN_OPS}-{DEFAULT_MAX_OPS} \
 operations, operands up to {DEFAULT_MAX_OPERAND}, multipliers up to {DEFAULT_MAX_MULTIPLIER}, \
 dataset seed 0 |
-| loss | next-token cross-entropy on the solution and EOS tokens (the prompt is context) |
+| targets | {1 - args.direct_share:.0%} the worked solution (one line per operation, then \
+`\\boxed{{N}}`), {args.direct_share:.0%} the answer alone (`\\boxed{{N}}`), drawn per example |
+| loss | next-token cross-entropy on the target and EOS tokens (the prompt is context) |
 | optimizer | AdamW lr {args.learning_rate:g}, {args.warmup_steps} warmup steps then constant, \
 weight decay {args.weight_decay:g}, gradient norm clipped at 1, batch {args.batch_size} |
 | steps | {record.stopped_at_step} ({examples_seen:,} examples, \
@@ -533,11 +594,19 @@ Accuracy of the saved policy (loaded back with `load_policy`/`load_tokenizer`) o
 
 | decoding | accuracy | problems with right and wrong samples |
 |---|---|---|
-| greedy (temperature 0, no other transform) | **{record.greedy_accuracy:.1%}** | |
+| greedy (temperature 0, no other transform) | **{greedy_accuracy_:.1%}** | |
 | temperature 0.6 alone, {SAMPLES_PER_PROBLEM} samples per problem | {plain_accuracy:.1%} | \
 {plain_mixed:.1%} |
 | `treerpo generate` defaults (temperature 0.6, top-p 0.85, top-k 25, repetition penalty 1.1), \
 {SAMPLES_PER_PROBLEM} samples per problem | {defaults_accuracy:.1%} | {defaults_mixed:.1%} |
+
+The greedy completions by kind. The policy answers some problems directly and works others
+out, and working out is what gets them right: the choice, made at the first token, is what
+TreeRPO's training mostly changes (`treerpo demo` prints the share before and after).
+
+| greedy completion | problems | accuracy |
+|---|---|---|
+{kind_table}
 
 Greedy accuracy at each evaluation during training (step: accuracy): {history}.
 """

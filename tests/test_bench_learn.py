@@ -15,3 +15,5 @@ def test_bench_learn_tiny():
     for method in (tree, flat):
         assert len(method["accuracies"]) == 1 and 0.0 <= method["accuracies"][0] <= 1.0
         assert method["tokens"][0] > 0
+        assert len(method["worked_shares"]) == 1 and 0.0 <= method["worked_shares"][0] <= 1.0
+    assert 0.0 <= payload["worked_before"] <= 1.0

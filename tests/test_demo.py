@@ -8,7 +8,9 @@ import json
 from cli_runner import run_cli
 
 from treerpo.cli.demo_command import demo
-from treerpo.demo import DemoSettings
+from treerpo.demo import DemoSettings, greedy_eval, is_worked
+from treerpo.policies import arith_policy_path
+from treerpo.store.database import open_store
 
 
 def test_short_demo_runs_end_to_end(tmp_path):
@@ -38,3 +40,24 @@ def test_cli_defaults_match_demo_settings():
     assert defaults["problems_per_step"] == settings.problems_per_step
     assert defaults["eval_problems"] == settings.eval_problems
     assert defaults["seed"] == settings.seed
+
+
+def test_is_worked_needs_a_line_of_arithmetic():
+    assert is_worked("4 + 9 = 13\n13 * 3 = 39\n\\boxed{39}")
+    assert is_worked("12 - 3 = 9")
+    assert not is_worked("\\boxed{39}")
+    assert not is_worked("x = 3, so \\boxed{3}")
+    assert not is_worked("")
+
+
+def test_shipped_policy_answers_some_problems_directly_and_works_out_others(tmp_path):
+    # The warm start mixed answer-only and worked targets (MADE.md); greedy decoding shows both,
+    # which is the choice the demo's training changes.
+    store = open_store(f"sqlite:///{tmp_path / 'eval.db'}")
+    try:
+        outcome = greedy_eval(store=store, model=str(arith_policy_path()),
+                              settings=DemoSettings(eval_problems=60), run_name="worked")
+    finally:
+        store.close()
+    assert 0.0 < outcome.worked_share < 1.0
+    assert 0.0 < outcome.accuracy < 1.0

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from treerpo.demo import DemoSettings, greedy_accuracy, run_demo
+from treerpo.demo import DemoSettings, greedy_eval, run_demo
 from treerpo.policies import arith_policy_path
 from treerpo.store import repository
 from treerpo.store.database import open_store
@@ -28,6 +28,7 @@ class MethodResult:
     num_generations: int | None
     accuracies: list[float]
     tokens: list[int]
+    worked_shares: list[float]  # greedy completions with worked lines, after training
 
     @property
     def mean_accuracy(self) -> float:
@@ -45,6 +46,7 @@ class MethodResult:
 @dataclass
 class LearnBenchResult:
     accuracy_before: float
+    worked_before: float
     steps: int
     problems_per_step: int
     seeds: list[int]
@@ -60,8 +62,9 @@ def run_learn_bench(
     with tempfile.TemporaryDirectory(prefix="treerpo-learn-") as folder:
         store = open_store(f"sqlite:///{Path(folder) / 'learn.db'}")
         try:
-            before = greedy_accuracy(store=store, model=str(arith_policy_path()),
-                                     settings=settings, run_name="learn-eval-before")
+            outcome = greedy_eval(store=store, model=str(arith_policy_path()),
+                                  settings=settings, run_name="learn-eval-before")
+            before = outcome.accuracy
             on_message(f"greedy accuracy before: {before:.1%}")
             calibration = run_demo(
                 store=store, output_dir=Path(folder) / "calibration",
@@ -72,8 +75,8 @@ def run_learn_bench(
             flat_generations = max(2, round(tree_tokens / sample_tokens))
             on_message(f"tree: {tree_tokens:.0f} tokens per problem → GRPO gets "
                        f"{flat_generations} samples per problem")
-            methods = [MethodResult("TreeRPO", None, [], []),
-                       MethodResult("GRPO (flat)", flat_generations, [], [])]
+            methods = [MethodResult("TreeRPO", None, [], [], []),
+                       MethodResult("GRPO (flat)", flat_generations, [], [], [])]
             for seed in seeds:
                 for method in methods:
                     tree = settings.tree if method.num_generations is None else \
@@ -85,11 +88,13 @@ def run_learn_bench(
                                       accuracy_before=before, tag=tag)
                     method.accuracies.append(result.accuracy_after)
                     method.tokens.append(result.tokens_generated)
+                    method.worked_shares.append(result.worked_after)
                     on_message(f"{method.method} seed {seed}: {result.accuracy_after:.1%} after "
                                f"{result.tokens_generated:,} tokens")
         finally:
             store.close()
-    return LearnBenchResult(accuracy_before=before, steps=settings.steps,
+    return LearnBenchResult(accuracy_before=before, worked_before=outcome.worked_share,
+                            steps=settings.steps,
                             problems_per_step=settings.problems_per_step, seeds=seeds,
                             methods=methods)
 

@@ -230,21 +230,27 @@ def bench_learn(
     if json_output:
         print_json({
             "accuracy_before": result.accuracy_before,
+            "worked_before": result.worked_before,
             "methods": [{"method": m.method, "num_generations": m.num_generations,
                          "accuracies": m.accuracies, "mean_accuracy": m.mean_accuracy,
-                         "spread": m.spread, "tokens": m.tokens} for m in result.methods],
+                         "spread": m.spread, "tokens": m.tokens,
+                         "worked_shares": m.worked_shares} for m in result.methods],
         })
         return
     table = Table(title=f"bench learn · arith, {result.steps} steps × "
                         f"{result.problems_per_step} problems, seeds {result.seeds}, "
                         f"greedy accuracy before {result.accuracy_before:.1%}")
-    for column in ("method", "accuracy after (mean ± sd)", "per seed", "tokens generated"):
+    for column in ("method", "accuracy after (mean ± sd)", "per seed", "tokens generated",
+                   "worked out"):
         table.add_column(column, justify="right")
     for method in result.methods:
         table.add_row(method.method, f"{method.mean_accuracy:.1%} ± {method.spread:.1%}",
                       " ".join(f"{a:.1%}" for a in method.accuracies),
-                      f"{method.mean_tokens:,.0f}")
+                      f"{method.mean_tokens:,.0f}",
+                      " ".join(f"{share:.0%}" for share in method.worked_shares))
     console.print(table)
+    console.print(f"worked out: greedy answers that show working lines "
+                  f"(before training: {result.worked_before:.0%})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

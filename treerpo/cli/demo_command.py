@@ -81,12 +81,18 @@ def demo(
                     "seconds": round(result.seconds, 1)})
         return
     table = Table(title=f"treerpo demo · {eval_problems} held-out arith problems, greedy")
-    for column in ("", "accuracy"):
+    for column in ("", "accuracy", "worked out"):
         table.add_column(column, justify="right")
-    table.add_row("shipped policy (before)", f"{result.accuracy_before:.1%}")
-    table.add_row(f"after {result.steps} TreeRPO steps", f"{result.accuracy_after:.1%}")
-    table.add_row("change", f"{(result.accuracy_after - result.accuracy_before) * 100:+.1f} points")
+    worked_before = result.worked_before if result.worked_before is not None else 0.0
+    table.add_row("shipped policy (before)", f"{result.accuracy_before:.1%}",
+                  f"{worked_before:.0%}")
+    table.add_row(f"after {result.steps} TreeRPO steps", f"{result.accuracy_after:.1%}",
+                  f"{result.worked_after:.0%}")
+    table.add_row("change", f"{(result.accuracy_after - result.accuracy_before) * 100:+.1f} points",
+                  f"{(result.worked_after - worked_before) * 100:+.0f} points")
     console.print(table)
+    console.print("worked out: greedy answers that show working lines (`4 + 9 = 13`) before "
+                  "the boxed answer", highlight=False)
     console.print(f"reward per step  {sparkline(result.rewards_per_step)}  "
                   f"({result.rewards_per_step[0]:.2f} → {result.rewards_per_step[-1]:.2f})"
                   if result.rewards_per_step else "no steps ran", highlight=False)
