@@ -7,7 +7,7 @@ import json
 
 from cli_runner import run_cli
 
-from treerpo.cli.demo_command import demo
+from treerpo.cli.demo_command import demo, sparkline
 from treerpo.demo import DemoSettings, greedy_eval, is_worked
 from treerpo.policies import arith_policy_path
 from treerpo.store.database import open_store
@@ -61,3 +61,10 @@ def test_shipped_policy_answers_some_problems_directly_and_works_out_others(tmp_
         store.close()
     assert 0.0 < outcome.worked_share < 1.0
     assert 0.0 < outcome.accuracy < 1.0
+
+
+def test_sparkline_scales_bar_means_between_lowest_and_highest():
+    line, low, high = sparkline([0.1, 0.3, 0.2, 0.4, 0.5, 0.5], width=3)
+    assert (line, round(low, 6), round(high, 6)) == ("▁▃█", 0.2, 0.5)  # means 0.2, 0.3, 0.5
+    assert sparkline([0.2] * 5) == ("▁▁▁▁▁", 0.2, 0.2)
+    assert len(sparkline([0.5] * 121, width=60)[0]) == 41  # 3 values per bar, rounded up

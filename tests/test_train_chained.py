@@ -51,3 +51,29 @@ def test_chained_vllm_gets_the_new_weights_after_every_step(tiny_model_dir, gsm8
     trees = run_cli("trees", "--db", db_url, "--json").json()
     assert len(trees) == 2 and all(tree["scored"] for tree in trees)
     assert result.json()["trees_trained"] == 2
+
+
+def test_full_determinism_gives_bit_identical_chained_updates_on_two_threads(
+        tiny_model_dir, gsm8k_dir, tmp_path):
+    # Multi-threaded CPU backward accumulates in thread-dependent order; --full-determinism must
+    # make two runs of the same seed agree to the last bit, and leave torch's setting as it was.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        weights = []
+        for attempt in range(2):
+            output_dir = tmp_path / f"out{attempt}"
+            result = run_cli("train", "--model", str(tiny_model_dir), "--dataset",
+                             str(gsm8k_dir / "test.jsonl"), "--limit", "4", "--engine", "hf",
+                             "--per-device-train-batch-size", "2", "--max-steps", "2",
+                             "--learning-rate", "1e-2", "--output-dir", str(output_dir),
+                             "--db", f"sqlite:///{tmp_path / f'run{attempt}.db'}",
+                             "--full-determinism", "--json", *SMALL_TREE)
+            assert result.exit_code == 0, result.stderr
+            assert not torch.are_deterministic_algorithms_enabled()
+            weights.append(load_file(output_dir / "model.safetensors"))
+    finally:
+        torch.set_num_threads(threads)
+    first, second = weights
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[name], second[name]) for name in first)

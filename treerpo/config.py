@@ -131,6 +131,9 @@ class TrainConfig(_Strict):
     tree: TreeSettings = TreeSettings()
     sampling: SamplingConfig = SamplingConfig()
     optimization: OptimizationConfig = OptimizationConfig()
+    full_determinism: bool = Field(
+        default=False,
+        description="deterministic torch kernels: bit-identical updates under a seed, slower")
     save_steps: int = Field(default=500, ge=1)
     save_total_limit: int | None = Field(default=None, ge=1)
     logging_steps: int = Field(default=10, ge=1)

@@ -140,6 +140,9 @@ def run_demo(
             per_device_train_batch_size=settings.problems_per_step, max_steps=settings.steps,
             learning_rate=settings.learning_rate, lr_scheduler_type="constant",
             max_grad_norm=1.0),
+        # Bit-reproducible: RL turns the last-bit differences of multi-threaded CPU updates into
+        # a different policy, and the demo's figures should come out the same on every run.
+        full_determinism=True,
         save_steps=settings.steps,
         save_total_limit=1,
         logging_steps=1,

@@ -20,14 +20,19 @@ from treerpo.cli.common import (
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 
 
-def sparkline(values: list[float], *, width: int = 60) -> str:
-    """Rewards in [0, 1] as one line of at most `width` bars (each the mean of consecutive
-    steps): a training curve for the terminal."""
-    buckets = max(1, -(-len(values) // width))  # steps per bar, rounded up
+def sparkline(values: list[float], *, width: int = 60) -> tuple[str, float, float]:
+    """A curve for the terminal: one line of at most `width` bars, each the mean of consecutive
+    values, scaled from the lowest bar (▁) to the highest (█). Returns the line and the lowest
+    and highest bar means, which the caller prints as its scale."""
+    buckets = max(1, -(-len(values) // width))  # values per bar, rounded up
     means = [sum(values[i:i + buckets]) / len(values[i:i + buckets])
              for i in range(0, len(values), buckets)]
-    return "".join(SPARK_BARS[min(int(v * len(SPARK_BARS)), len(SPARK_BARS) - 1)]
-                   for v in means)
+    low, high = min(means), max(means)
+    span = high - low
+    top = len(SPARK_BARS) - 1
+    line = "".join(SPARK_BARS[round((mean - low) / span * top) if span > 0 else 0]
+                   for mean in means)
+    return line, low, high
 
 
 def demo(
@@ -93,9 +98,13 @@ def demo(
     console.print(table)
     console.print("worked out: greedy answers that show working lines (`4 + 9 = 13`) before "
                   "the boxed answer", highlight=False)
-    console.print(f"reward per step  {sparkline(result.rewards_per_step)}  "
-                  f"({result.rewards_per_step[0]:.2f} → {result.rewards_per_step[-1]:.2f})"
-                  if result.rewards_per_step else "no steps ran", highlight=False)
+    if result.rewards_per_step:
+        curve, low, high = sparkline(result.rewards_per_step)
+        console.print(f"mean leaf reward per step  {curve}  (▁ {low:.2f} … █ {high:.2f}; "
+                      f"step 1 {result.rewards_per_step[0]:.2f}, last "
+                      f"{result.rewards_per_step[-1]:.2f})", highlight=False)
+    else:
+        console.print("no steps ran", highlight=False)
     sample = result.tree_ids[-3:]
     console.print(f"trees to look at: {', '.join(map(str, sample))}  "
                   f"(treerpo inspect {sample[-1] if sample else 'ID'})", highlight=False)

@@ -63,6 +63,9 @@ MaxPackedTokens = Annotated[int | None, typer.Option(
     "--max-packed-tokens", help="Split larger trees into sub-packs (ancestors repeated).")]
 GradientCheckpointing = Annotated[bool, typer.Option(
     "--gradient-checkpointing", help="Recompute activations in backward to save memory.")]
+FullDeterminism = Annotated[bool, typer.Option(
+    "--full-determinism",
+    help="Deterministic torch kernels: bit-identical updates under --seed, somewhat slower.")]
 SaveSteps = Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps.")]
 SaveTotalLimit = Annotated[int | None, typer.Option(
     "--save-total-limit", help="Keep at most N checkpoints (oldest deleted).")]
@@ -103,6 +106,7 @@ def train(
     loss_aggregation: LossAggregation = "group",
     max_packed_tokens: MaxPackedTokens = None,
     gradient_checkpointing: GradientCheckpointing = False,
+    full_determinism: FullDeterminism = False,
     save_steps: SaveSteps = 500,
     save_total_limit: SaveTotalLimit = None,
     logging_steps: LoggingSteps = 10,
@@ -160,8 +164,8 @@ def train(
         max_packed_tokens=max_packed_tokens, gradient_checkpointing=gradient_checkpointing)
     config = validated(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
-        optimization=optimization, save_steps=save_steps, save_total_limit=save_total_limit,
-        logging_steps=logging_steps, report_to=report_to,
+        optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
+        save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
         resume_from_checkpoint=resume_from_checkpoint, **opt.growth_config_parts(locals()))
     from treerpo.training.trainer import TrainCallbacks, run_training
 

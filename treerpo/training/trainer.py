@@ -35,9 +35,11 @@ Departures from the textbook and from TRL's GRPOTrainer, on purpose:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,10 +268,40 @@ def total_steps_for(*, optimization: OptimizationConfig, batches_per_epoch: int)
     return max(batches, 1) * optimization.num_iterations
 
 
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """While `enabled`, torch runs only deterministic kernels (transformers' `full_determinism`).
+
+    Without it an update on CPU with more than one thread is not bit-reproducible: the
+    backward of the tied embedding / gather accumulates in thread-dependent order, and RL
+    amplifies those float differences into a different policy. The previous setting is restored
+    on exit, so library callers keep theirs.
+    """
+    if not enabled:
+        yield
+        return
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    # cuBLAS needs this before its first call to be deterministic; harmless on CPU.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn_only)
+
+
 def run_training(
     *, store: Store, config: TrainConfig, callbacks: TrainCallbacks | None = None
 ) -> TrainSummary:
     """Train as `config` says (replay or chained); see the module docstring."""
+    with deterministic_kernels(config.full_determinism):
+        return _run_training(store=store, config=config, callbacks=callbacks)
+
+
+def _run_training(
+    *, store: Store, config: TrainConfig, callbacks: TrainCallbacks | None
+) -> TrainSummary:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
