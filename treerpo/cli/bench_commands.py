@@ -209,7 +209,8 @@ def bench_learn(
 
     Same steps and problems per step; GRPO's samples per problem are set so that both generate
     about as many tokens. Prints greedy accuracy after training (mean and spread over seeds)
-    against the tokens generated. Takes a few minutes on CPU.
+    against the tokens generated, and the share of greedy answers that are worked out.
+    The defaults (3 seeds × 2 methods × 120 steps) take about 20 minutes on 2 CPU cores.
 
     Examples:
 

@@ -53,8 +53,10 @@ def demo(
     Uses the tiny arithmetic policy shipped inside the package and the built-in `arith`
     problems (no GPU, no download): greedy accuracy on held-out problems before, chained
     training (grow trees with the current policy, store, score, update) for `--steps` steps,
-    greedy accuracy after, a before/after table, the reward curve, and the ids of a few trees
-    to look at with `treerpo inspect`.
+    greedy accuracy after, a before/after table (with the share of answers that are worked
+    out rather than answered at once), the reward curve, and the ids of a few trees to look at
+    with `treerpo inspect`. Training uses deterministic kernels: the same seed on the same
+    machine and thread count prints the same figures. About 4 minutes on 2 cores.
 
     Examples:
 
