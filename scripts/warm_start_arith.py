@@ -65,7 +65,7 @@ from treerpo.problems.arith import (
 )
 from treerpo.problems.prompts import build_prompt
 from treerpo.scoring.verify import is_correct
-from treerpo.tiny_model import CHAT_TEMPLATE, SPECIAL_TOKENS, build_random_model
+from treerpo.tiny_model import build_random_model, train_chat_tokenizer
 
 GREEDY = SamplingSettings(
     temperature=0.0, top_p=None, top_k=None, min_p=None, repetition_penalty=None
@@ -107,8 +107,7 @@ class EvalProblem:
 
 def build_arith_tokenizer(*, corpus: Sequence[str], vocab_size: int):
     """Byte-level BPE with Qwen2's normalizer and pre-tokenizer, chat markers and template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 
     backend = Tokenizer(models.BPE())
     backend.normalizer = normalizers.NFC()
@@ -118,22 +117,7 @@ def build_arith_tokenizer(*, corpus: Sequence[str], vocab_size: int):
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(corpus, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tokenizer.chat_template = CHAT_TEMPLATE
-    return tokenizer
+    return train_chat_tokenizer(backend, corpus=corpus, vocab_size=vocab_size)
 
 
 def save_tokenizer(tokenizer, directory: Path) -> None:

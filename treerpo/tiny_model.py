@@ -35,11 +35,19 @@ _CORPUS = [
 
 def build_tokenizer(*, vocab_size: int = 400):
     """A byte-level BPE `PreTrainedTokenizerFast` with Qwen-style chat markers and template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return train_chat_tokenizer(backend, corpus=_CORPUS * 4, vocab_size=vocab_size)
+
+
+def train_chat_tokenizer(backend, *, corpus, vocab_size: int):
+    """Train the byte-level BPE `backend` (its normalizer and pre-tokenizer already set) on
+    `corpus`, and wrap it with the chat markers (EOS `<|im_end|>`) and the chat template."""
+    from tokenizers import decoders, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -47,7 +55,7 @@ def build_tokenizer(*, vocab_size: int = 400):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    backend.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    backend.train_from_iterator(corpus, trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         eos_token="<|im_end|>",
