@@ -90,7 +90,8 @@ def demo(
     table = Table(title=f"treerpo demo · {eval_problems} held-out arith problems, greedy")
     for column in ("", "accuracy", "worked out"):
         table.add_column(column, justify="right")
-    worked_before = result.worked_before if result.worked_before is not None else 0.0
+    worked_before = result.worked_before
+    assert worked_before is not None  # run_demo measures it unless given accuracy_before
     table.add_row("shipped policy (before)", f"{result.accuracy_before:.1%}",
                   f"{worked_before:.0%}")
     table.add_row(f"after {result.steps} TreeRPO steps", f"{result.accuracy_after:.1%}",

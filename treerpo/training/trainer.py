@@ -272,10 +272,11 @@ def total_steps_for(*, optimization: OptimizationConfig, batches_per_epoch: int)
 def deterministic_kernels(enabled: bool) -> Iterator[None]:
     """While `enabled`, torch runs only deterministic kernels (transformers' `full_determinism`).
 
-    Without it an update on CPU with more than one thread is not bit-reproducible: the
-    backward of the tied embedding / gather accumulates in thread-dependent order, and RL
-    amplifies those float differences into a different policy. The previous setting is restored
-    on exit, so library callers keep theirs.
+    Without it an update on CPU with more than one thread is not bit-reproducible (measured:
+    two runs of the same seed on 2 threads end with different weights, on 1 thread or with
+    deterministic kernels identical ones; some backward kernel accumulates in thread-dependent
+    order), and RL amplifies those float differences into a different policy. The previous
+    setting is restored on exit, so library callers keep theirs.
     """
     if not enabled:
         yield
