@@ -43,9 +43,8 @@ def test_generate_stores_complete_trees(tiny_model_dir, gsm8k_dir, db_url, tmp_p
     assert tree["reference"] == "18" and tree["problem"].startswith("Janet")
     root = tree["root"]
     assert root["text"].endswith("<|im_start|>assistant\n") and "Janet" in root["text"]
-    assert len(root["children"]) == 2  # the root split
-    first_tokens = {child["token_ids"][0] for child in root["children"]}
-    assert len(first_tokens) == 2
+    assert len(root["children"]) == 4  # resample branching: 4 free samples at the root
+    assert not any(child["forced"] for child in root["children"])
 
     def paths(node, used):
         used = used + node["num_tokens"]
@@ -54,6 +53,18 @@ def test_generate_stores_complete_trees(tiny_model_dir, gsm8k_dir, db_url, tmp_p
         return [p for child in node["children"] for p in paths(child, used)]
 
     assert max(p - root["num_tokens"] for p in paths(root, 0)) <= 40
+
+
+def test_forced_branching_is_the_original_rule(tiny_model_dir, gsm8k_dir, db_url):
+    result = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "1", "--branching",
+                       "forced", "--json")
+    assert result.exit_code == 0, result.stderr
+    (listed,) = run_cli("trees", "--db", db_url, "--json").json()
+    root = run_cli("inspect", str(listed["tree_id"]), "--db", db_url, "--json").json()["root"]
+    assert [child["forced"] for child in root["children"]] == [False, True]
+    assert len({child["token_ids"][0] for child in root["children"]}) == 2
+    bad = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "1", "--branching", "fork")
+    assert bad.exit_code == 2 and "branching" in bad.stderr
 
 
 def test_same_command_resumes_without_duplicates(tiny_model_dir, gsm8k_dir, db_url, tmp_path,

@@ -14,7 +14,7 @@ from treerpo.cli import app
 from treerpo.store import database, repository
 
 NODE_KEYS = {"id", "depth", "kind", "text", "num_tokens", "token_ids", "logprobs",
-             "split_entropy", "reward", "value", "advantage", "children"}
+             "split_entropy", "reward", "value", "advantage", "forced", "children"}
 
 
 @pytest.fixture

@@ -414,6 +414,7 @@ def test_tree_growth_with_the_prefix_cache_grows_the_same_trees(
     # Two problems share a prefix; all are longer than a cache block.
     prompts = [contexts[0], contexts[0][:20], contexts[0][30:]]
     settings = TreeSettings(
+        branching="forced",  # every request after wave 1 then ends with one new (forced) token
         max_depth=3,
         min_segment_len=4,
         entropy_threshold=0.0,

@@ -39,8 +39,11 @@ SPLIT_STREAM_HIGH_ENTROPY = {2, 3, 6, 7, 9, 10, 13, 14}
 
 
 def small_settings(**overrides) -> TreeSettings:
-    """Small trees; coverage off unless a test turns it on."""
+    """Small trees; coverage off unless a test turns it on. Forced branching (the original
+    release's rule) unless a test asks otherwise: resample has its own tests
+    (test_growth_resample.py)."""
     values = dict(
+        branching="forced",
         max_depth=7,
         min_segment_len=3,
         entropy_topk=8,
@@ -435,8 +438,15 @@ def assert_tree_invariants(
     assert tree.root.kind == "root" and tree.root.token_ids.tolist() == prompt
     assert tree.root.logprobs.size == 0
     root_first_tokens = [int(tree.nodes[child].token_ids[0]) for child in tree.root.children]
-    assert 2 <= len(root_first_tokens) <= settings.root_children
-    assert len(set(root_first_tokens)) == len(root_first_tokens)
+    forced = settings.branching == "forced"
+    if forced:  # alternatives are distinct tokens, and the top-k may run out of them
+        assert 2 <= len(root_first_tokens) <= settings.resolved_root_children
+        assert len(set(root_first_tokens)) == len(root_first_tokens)
+    else:  # free samples: always all of them, first tokens possibly equal
+        assert len(root_first_tokens) == settings.resolved_root_children
+    # Exactly the further children of the root and of entropy splits are forced, in forced mode.
+    assert [tree.nodes[child].forced for child in tree.root.children] == [
+        forced and ordinal > 0 for ordinal in range(len(root_first_tokens))]
     rules = dict(delimiters=settings.split_delimiters, min_segment_len=settings.min_segment_len)
     for node in tree.nodes[1:]:
         assert node.parent < node.index and node.depth <= settings.max_depth + 1
@@ -466,7 +476,9 @@ def assert_tree_invariants(
         can_split = node.depth < settings.max_depth and parent_kind != "coverage"
         if node.kind == "split":
             sampled, alternative = (tree.nodes[child] for child in node.children)
-            assert sampled.token_ids[0] != alternative.token_ids[0]
+            assert (sampled.forced, alternative.forced) == (False, forced)
+            if forced:
+                assert sampled.token_ids[0] != alternative.token_ids[0]
             assert node.split_entropy > settings.entropy_threshold
             first_split = find_entropy_split(
                 token_texts=texts + [TOKENIZER.decode(sampled.token_ids[:1])],
@@ -478,7 +490,7 @@ def assert_tree_invariants(
         elif node.kind == "coverage":
             children = [tree.nodes[child] for child in node.children]
             assert len(children) == settings.coverage_children_max >= 2
-            assert all(child.kind == "leaf" for child in children)
+            assert all(child.kind == "leaf" and not child.forced for child in children)
             tail_texts = [TOKENIZER.decode([token]) for token in children[0].token_ids.tolist()]
             cut = find_coverage_cut(
                 token_texts=texts + tail_texts,
@@ -539,6 +551,7 @@ def assert_tree_invariants(
     coverage_children_max=st.integers(min_value=1, max_value=3),
     root_children=st.integers(min_value=2, max_value=4),
     entropy_topk=st.integers(min_value=4, max_value=8),
+    branching=st.sampled_from(["resample", "forced"]),
     seed=st.integers(min_value=0, max_value=1000),
 )
 def test_invariants_hold_on_random_scripted_streams(
@@ -554,9 +567,11 @@ def test_invariants_hold_on_random_scripted_streams(
     coverage_children_max,
     root_children,
     entropy_topk,
+    branching,
     seed,
 ):
     tree_settings = TreeSettings(
+        branching=branching,
         max_depth=max_depth,
         min_segment_len=min_segment_len,
         max_new_tokens=max_new_tokens,

@@ -329,7 +329,10 @@ def test_defaults_are_designs():
     assert (tree_settings.max_depth, tree_settings.min_segment_len) == (7, 150)
     assert (tree_settings.entropy_threshold, tree_settings.entropy_topk) == (1.0, 20)
     assert (tree_settings.coverage_min_chars, tree_settings.coverage_children_max) == (150, 4)
-    assert (tree_settings.root_children, tree_settings.max_new_tokens) == (2, 1300)
+    assert tree_settings.max_new_tokens == 1300
+    assert (tree_settings.branching, tree_settings.resolved_root_children) == ("resample", 4)
+    assert TreeSettings(branching="forced").resolved_root_children == 2
+    assert TreeSettings(branching="forced", root_children=3).resolved_root_children == 3
     assert tree_settings.split_delimiters == ["\n", "!", ".", "?", ";", ":"]
     assert tree_settings.rollout == "tree"
     assert SamplingConfig().to_settings() == SamplingSettings(
@@ -348,7 +351,8 @@ def test_defaults_are_designs():
         {"coverage_min_chars": 0},
         {"coverage_children_max": 0},
         {"root_children": 1},
-        {"root_children": 5, "entropy_topk": 4},
+        {"root_children": 5, "entropy_topk": 4, "branching": "forced"},
+        {"branching": "sideways"},
         {"split_delimiters": []},
         {"split_delimiters": [".", ""]},
         {"num_generations": 1},

@@ -7,7 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treerpo.scoring.values import apply_scores, compute_advantages, compute_values
+from treerpo.scoring.values import (
+    apply_scores,
+    compute_advantages,
+    compute_values,
+    global_local_advantages,
+    with_advantages,
+)
 from treerpo.trees import build_tree
 
 # An unbalanced tree:      0 (root)
@@ -170,3 +176,36 @@ def test_apply_scores_matches_the_pure_functions(tree):
         parents=parents, values=values
     )
     assert {leaf.index: leaf.reward for leaf in built.leaves()} == rewards
+
+
+def test_global_local_adds_the_value_minus_the_trees_mean_leaf_reward():
+    # root -> a (leaves a1 = 1, a2 = 1), b (leaf, 0), c (leaves c1 = 0, c2 = 0, c3 = 1)
+    parents = [None, 0, 0, 0, 1, 1, 3, 3, 3]
+    rewards = {2: 0.0, 4: 1.0, 5: 1.0, 6: 0.0, 7: 0.0, 8: 1.0}
+    values = compute_values(parents=parents, rewards=rewards)
+    assert values[0] == pytest.approx(0.5)  # 3 of 6 leaves
+    advantages = global_local_advantages(parents=parents, values=values)
+    group_mean = (1.0 + 0.0 + 1 / 3) / 3
+    assert advantages[0] is None
+    assert advantages[1] == pytest.approx((1.0 - group_mean) + (1.0 - 0.5))
+    assert advantages[2] == pytest.approx((0.0 - group_mean) + (0.0 - 0.5))
+    assert advantages[3] == pytest.approx((1 / 3 - group_mean) + (1 / 3 - 0.5))
+    # a's children agree: no local signal, but both are better than the tree.
+    assert advantages[4] == advantages[5] == pytest.approx(0.5)
+    assert advantages[8] == pytest.approx((1.0 - 1 / 3) + 0.5)
+
+
+def test_with_advantages_copies_and_leaves_the_stored_tree_alone():
+    tree = build_tree(parents=[None, 0, 0, 1, 1], kinds=["root", "split", "leaf", "leaf", "leaf"],
+                      token_ids=[np.array([1])] * 5, logprobs=[np.zeros(0)] + [np.zeros(1)] * 4,
+                      texts=[""] * 5)
+    apply_scores(tree, {2: 0.0, 3: 1.0, 4: 1.0})
+    stored = [node.advantage for node in tree.nodes]
+    assert with_advantages(tree, mode="local") is tree
+    changed = with_advantages(tree, mode="global-local")
+    assert [node.advantage for node in tree.nodes] == stored
+    root_value = 2 / 3
+    assert changed.nodes[3].advantage == pytest.approx(0.0 + (1.0 - root_value))
+    assert changed.nodes[1].advantage == pytest.approx(stored[1] + (1.0 - root_value))
+    with pytest.raises(ValueError, match="advantage mode"):
+        with_advantages(tree, mode="sideways")

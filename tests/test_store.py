@@ -76,6 +76,7 @@ def _random_tree(rng: np.random.Generator, num_nodes: int):
         split_entropies=[float(rng.random()) if k == "split" else None for k in kinds],
         finish_reasons=[("eos" if rng.random() < 0.5 else "budget") if k == "leaf" else None
                         for k in kinds],
+        forced=[index > 0 and rng.random() < 0.3 for index in range(num_nodes)],
         logprob_temperature=0.7,
     )
 
@@ -107,6 +108,7 @@ def test_round_trip_of_a_random_tree_is_bit_exact(tmp_path_factory, seed, num_no
         assert back.text == original.text
         assert back.split_entropy == original.split_entropy
         assert back.finish_reason == original.finish_reason
+        assert back.forced is original.forced
 
 
 def test_problems_are_stored_once(db_url):

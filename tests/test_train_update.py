@@ -116,7 +116,7 @@ def test_a_tree_whose_leaves_all_agree_contributes_zero_loss(tiny_model):
         assert torch.equal(value, before[name]), name
 
 
-@pytest.mark.parametrize("aggregation", ["group", "token"])
+@pytest.mark.parametrize("aggregation", ["group", "token", "leaf"])
 def test_the_step_gradient_is_the_mean_over_all_the_steps_groups(tiny_model, aggregation):
     # The updater back-propagates tree by tree with scaled losses; the gradient must be the one
     # of the whole step's loss computed at once (groups of different sizes and trees).
@@ -137,4 +137,28 @@ def test_the_step_gradient_is_the_mean_over_all_the_steps_groups(tiny_model, agg
 def test_trained_counts_match_what_the_loss_sees(tiny_model):
     (tree,) = _trees(tiny_model, [[1, 0, 0, 1, 0]])
     _, metrics = packed_tree_loss(model=tiny_model, trees=[tree])
-    assert trained_counts(tree) == (metrics["num_tokens"], metrics["num_groups"]) == (23, 3)
+    tokens, groups, visit_mass = trained_counts(tree)
+    assert (tokens, groups) == (metrics["num_tokens"], metrics["num_groups"]) == (23, 3)
+    # Groups under the root (5 of 5 leaves), node 1 (2 of 5) and node 2 (3 of 5).
+    assert visit_mass == pytest.approx(1.0 + 2 / 5 + 3 / 5)
+
+
+def test_global_local_advantages_train_on_the_recomputed_advantages(tiny_model):
+    # Node 1's leaves agree (1, 1) and node 2's agree (0, 0, 0) while the tree's mean is 0.4:
+    # local advantages give those groups nothing, global-local moves them (up and down). The
+    # stored tree is left as it was.
+    (tree,) = _trees(tiny_model, [[1, 1, 0, 0, 0]])
+    stored = [node.advantage for node in tree.nodes]
+    local = _updater(tiny_model, learning_rate=0.0, lr_scheduler_type="constant").update([tree])
+    global_local = _updater(tiny_model, learning_rate=0.0, lr_scheduler_type="constant",
+                            advantage="global-local").update([tree])
+    assert [node.advantage for node in tree.nodes] == stored
+    assert local["nonzero_group_share"] == pytest.approx(1 / 3)
+    assert global_local["nonzero_group_share"] == 1.0
+    # At ratio 1 with "group" aggregation the loss is minus the mean over groups of the token-mean
+    # advantage. Tokens: node 1: 3, node 2: 4; leaves 3..7: 5, 2, 3, 4, 2.
+    # local: root group (0.5 * 3 - 0.5 * 4) / 7, the other two groups 0.
+    assert local["loss"] == pytest.approx(-(-0.5 / 7) / 3, abs=1e-6)
+    # global-local: node 1: 0.5 + 0.6, node 2: -0.5 - 0.4, leaves under 1: 0.6, under 2: -0.4.
+    assert global_local["loss"] == pytest.approx(-((1.1 * 3 - 0.9 * 4) / 7 + 0.6 - 0.4) / 3,
+                                                 abs=1e-6)

@@ -88,6 +88,31 @@ def test_group_aggregation_weighs_groups_equally_token_aggregation_weighs_tokens
     assert weights.tolist() == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
 
 
+def test_leaf_aggregation_weighs_group_means_by_visitation_share():
+    # group 7 (visited by every leaf, v = 1): one token, loss -1; group 3 (v = 0.25): three
+    # tokens with loss +1 each. loss = (1 * -1 + 0.25 * 1) / 1.25.
+    new = torch.full((4,), -1.0)  # (N,)
+    inputs = dict(
+        new_logprobs=new,
+        behaviour_logprobs=new.clone(),
+        advantages=torch.tensor([1.0, -1.0, -1.0, -1.0]),
+        group_ids=torch.tensor([7, 3, 3, 3]),
+        group_visits=torch.tensor([1.0, 0.25, 0.25, 0.25]),
+    )
+    loss, _, grad = loss_and_grad(**inputs, aggregation="leaf")
+    assert loss == pytest.approx((-1.0 + 0.25) / 1.25)
+    assert grad == pytest.approx([-1 / 1.25, 0.25 / 3 / 1.25, 0.25 / 3 / 1.25, 0.25 / 3 / 1.25])
+    weights = aggregation_weights(group_ids=inputs["group_ids"], aggregation="leaf",
+                                  group_visits=inputs["group_visits"])
+    assert weights.sum().item() == pytest.approx(1.0)
+    # Equal visitation shares: "leaf" is "group".
+    equal = dict(inputs, group_visits=torch.full((4,), 0.5))
+    assert loss_and_grad(**equal, aggregation="leaf")[0] == pytest.approx(
+        loss_and_grad(**inputs, aggregation="group")[0])
+    with pytest.raises(ValueError, match="group_visits"):
+        aggregation_weights(group_ids=inputs["group_ids"], aggregation="leaf")
+
+
 def test_kl_term_matches_a_hand_computation():
     new = torch.tensor([-1.0, -2.0, -0.5])  # (N,)
     ref = torch.tensor([-1.5, -1.0, -0.5])  # (N,)
@@ -265,7 +290,8 @@ def ref_model(tiny_model_dir):
 
 @pytest.mark.parametrize(
     ("aggregation", "beta", "sub_packed"),
-    [("group", 0.0, False), ("token", 0.0, False), ("group", 0.1, False), ("token", 0.0, True)],
+    [("group", 0.0, False), ("token", 0.0, False), ("group", 0.1, False), ("token", 0.0, True),
+     ("leaf", 0.0, False), ("leaf", 0.1, True)],
 )
 def test_packed_loss_gradient_equals_the_per_group_gradient(
     model, ref_model, aggregation, beta, sub_packed

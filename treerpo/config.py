@@ -83,7 +83,8 @@ class GenerateConfig(_Strict):
 
 # --- train ------------------------------------------------------------------------------------
 
-LossAggregation = Literal["group", "token"]
+LossAggregation = Literal["group", "token", "leaf"]
+AdvantageMode = Literal["local", "global-local"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
 # transformers `get_scheduler` names that need nothing beyond warmup and total steps.
 SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -108,6 +109,7 @@ class OptimizationConfig(_Strict):
     epsilon_high: float | None = Field(default=None, gt=0.0)
     num_iterations: int = Field(default=1, ge=1, description="optimizer steps per batch (PPO μ)")
     loss_aggregation: LossAggregation = "group"
+    advantage: AdvantageMode = "local"
     max_packed_tokens: int | None = Field(default=None, ge=16)
     gradient_checkpointing: bool = False
 

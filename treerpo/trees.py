@@ -43,6 +43,7 @@ class TreeNode:
     text: str
     split_entropy: float | None = None
     finish_reason: FinishReason | None = None
+    forced: bool = False  # first token drawn as an alternative (branching "forced", DESIGN step 2)
     reward: float | None = None
     value: float | None = None
     advantage: float | None = None
@@ -97,6 +98,28 @@ class Tree:
     def max_depth(self) -> int:
         return max(node.depth for node in self.nodes)
 
+    def leaf_counts(self) -> list[int]:
+        """Leaves at or below each node (a leaf counts itself; a childless root has 0)."""
+        counts = [1 if node.is_leaf and node.parent is not None else 0 for node in self.nodes]
+        for node in reversed(self.nodes[1:]):  # children come after their parents
+            counts[node.parent] += counts[node.index]
+        return counts
+
+    def group_visit_shares(self) -> list[float]:
+        """Per node, the share of the tree's leaves below its parent (0.0 for the root): how
+        often the sibling group the node belongs to is visited by a root-to-leaf path."""
+        counts = self.leaf_counts()
+        total = counts[0]
+        return [0.0 if node.parent is None or total == 0 else counts[node.parent] / total
+                for node in self.nodes]
+
+    def forced_below(self) -> list[bool]:
+        """Per node, whether it or one of its ancestors was forced (not an on-policy sample)."""
+        flags = [False] * len(self.nodes)
+        for node in self.nodes[1:]:
+            flags[node.index] = node.forced or flags[node.parent]
+        return flags
+
 
 def build_tree(
     *,
@@ -107,6 +130,7 @@ def build_tree(
     texts: list[str],
     split_entropies: list[float | None] | None = None,
     finish_reasons: list[FinishReason | None] | None = None,
+    forced: list[bool] | None = None,
     logprob_temperature: float = 1.0,
 ) -> Tree:
     """Assemble a `Tree` from parallel per-node lists (parents before children).
@@ -134,6 +158,7 @@ def build_tree(
             text=texts[index],
             split_entropy=None if split_entropies is None else split_entropies[index],
             finish_reason=None if finish_reasons is None else finish_reasons[index],
+            forced=False if forced is None else bool(forced[index]),
         )
         if parent is not None:
             nodes[parent].children.append(index)

@@ -37,6 +37,7 @@ def node_to_json(tree: Tree, node: TreeNode) -> dict[str, Any]:
         "reward": _float_or_none(node.reward),
         "value": _float_or_none(node.value),
         "advantage": _float_or_none(node.advantage),
+        "forced": node.forced,
         "children": [node_to_json(tree, tree.nodes[child]) for child in node.children],
     }
 
@@ -84,6 +85,8 @@ def _node_head(node: TreeNode, *, paint) -> str:
     """Everything on a node's line before its text."""
     parts = [paint(f"#{node.index}", "bold"), paint(f"d{node.depth} {node.kind}", "cyan"),
              f"{node.num_tokens} tok"]
+    if node.forced:
+        parts.append(paint("forced", "yellow"))
     if node.kind != "root":
         if node.is_leaf:
             parts.append(_signed(node.reward, "r", paint))

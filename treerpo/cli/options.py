@@ -73,7 +73,12 @@ CoverageMinChars = Annotated[int, typer.Option(
     "--coverage-min-chars", help="Characters a coverage cut leaves after it.")]
 CoverageChildrenMax = Annotated[int, typer.Option(
     "--coverage-children-max", help="Children of a coverage split.")]
-RootChildren = Annotated[int, typer.Option("--root-children", help="Children of the root.")]
+RootChildren = Annotated[int | None, typer.Option(
+    "--root-children", help="Children of the root (default: 4 with resample, 2 with forced).")]
+Branching = Annotated[str, typer.Option(
+    "--branching", help="How further children of the root and of entropy splits start: "
+    "resample (a free sample from the same prefix) or forced (an alternative first token from "
+    "the top-k, the original release's rule).")]
 SplitDelimiters = Annotated[str, typer.Option(
     "--split-delimiters", help="Characters after which a segment may split; backslash escapes "
     "allowed (default '\\n!.?;:').")]
@@ -124,9 +129,9 @@ ENGINE_FLAGS = ("model", "engine", "torch_dtype", "trust_remote_code", "seed",
                 "generation_batch_size", "gpu_memory_utilization", "max_model_len",
                 "enable_prefix_caching")
 PROMPT_FLAGS = ("system_prompt", "prompt_template")
-TREE_FLAGS = ("rollout", "num_generations", "max_depth", "min_segment_len", "entropy_threshold",
-              "entropy_topk", "coverage_min_chars", "coverage_children_max", "root_children",
-              "split_delimiters", "max_new_tokens")
+TREE_FLAGS = ("rollout", "branching", "num_generations", "max_depth", "min_segment_len",
+              "entropy_threshold", "entropy_topk", "coverage_min_chars", "coverage_children_max",
+              "root_children", "split_delimiters", "max_new_tokens")
 SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 

@@ -58,7 +58,11 @@ NumIterations = Annotated[int, typer.Option(
     "--num-iterations", help="Optimizer steps on each batch (PPO mu).")]
 LossAggregation = Annotated[str, typer.Option(
     "--loss-aggregation", help="group: token mean per sibling group, then mean over the step's "
-    "groups; token: one mean over the step's tokens.")]
+    "groups; token: one mean over the step's tokens; leaf: group token means weighted by the "
+    "share of the tree's leaves below the group (as training on every root-to-leaf path).")]
+Advantage = Annotated[str, typer.Option(
+    "--advantage", help="local: value minus the sibling mean; global-local: plus value minus "
+    "the tree's mean leaf reward (TreeRL).")]
 MaxPackedTokens = Annotated[int | None, typer.Option(
     "--max-packed-tokens", help="Split larger trees into sub-packs (ancestors repeated).")]
 GradientCheckpointing = Annotated[bool, typer.Option(
@@ -104,6 +108,7 @@ def train(
     epsilon_high: EpsilonHigh = None,
     num_iterations: NumIterations = 1,
     loss_aggregation: LossAggregation = "group",
+    advantage: Advantage = "local",
     max_packed_tokens: MaxPackedTokens = None,
     gradient_checkpointing: GradientCheckpointing = False,
     full_determinism: FullDeterminism = False,
@@ -121,6 +126,7 @@ def train(
     max_model_len: opt.MaxModelLen = None,
     enable_prefix_caching: opt.EnablePrefixCaching = True,
     rollout: opt.Rollout = "tree",
+    branching: opt.Branching = "resample",
     num_generations: opt.NumGenerations = 8,
     max_depth: opt.MaxDepth = 7,
     min_segment_len: opt.MinSegmentLen = 150,
@@ -128,7 +134,7 @@ def train(
     entropy_topk: opt.EntropyTopk = 20,
     coverage_min_chars: opt.CoverageMinChars = 150,
     coverage_children_max: opt.CoverageChildrenMax = 4,
-    root_children: opt.RootChildren = 2,
+    root_children: opt.RootChildren = None,
     split_delimiters: opt.SplitDelimiters = opt.DEFAULT_DELIMITERS,
     temperature: opt.Temperature = 0.6,
     top_p: opt.TopP = 0.85,
@@ -160,7 +166,7 @@ def train(
         num_train_epochs=num_train_epochs, max_steps=max_steps, learning_rate=learning_rate,
         lr_scheduler_type=lr_scheduler_type, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
-        num_iterations=num_iterations, loss_aggregation=loss_aggregation,
+        num_iterations=num_iterations, loss_aggregation=loss_aggregation, advantage=advantage,
         max_packed_tokens=max_packed_tokens, gradient_checkpointing=gradient_checkpointing)
     config = validated(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
@@ -186,7 +192,9 @@ def train(
 
 
 _COLUMNS = [  # (header, metric, format)
-    ("step", "step", "{:d}"), ("loss", "loss", "{:.4f}"), ("reward", "mean_reward", "{:.3f}"),
+    ("step", "step", "{:d}"), ("loss", "loss", "{:.4f}"),
+    ("on-pol r", "on_policy_reward", "{:.3f}"), ("all r", "mean_reward", "{:.3f}"),
+    ("signal", "nonzero_token_share", "{:.0%}"), ("forced", "forced_token_share", "{:.0%}"),
     ("|adv|", "mean_abs_advantage", "{:.3f}"), ("clip", "clip_fraction", "{:.3f}"),
     ("kl", "kl", "{:.4f}"), ("grad", "grad_norm", "{:.3f}"), ("lr", "learning_rate",
                                                                     "{:.2e}"),
@@ -246,7 +254,8 @@ def summary_table(summary: TrainSummary) -> Table:
         ("distinct trees trained on", f"{summary.trees_trained}"),
         ("trees scored first", f"{summary.scored_first}"),
         ("last loss", _fmt(last.get("loss"), "{:.4f}")),
-        ("last mean reward", _fmt(last.get("mean_reward"), "{:.3f}")),
+        ("last on-policy reward", _fmt(last.get("on_policy_reward"), "{:.3f}")),
+        ("last mean reward (all leaves)", _fmt(last.get("mean_reward"), "{:.3f}")),
         ("checkpoints written", f"{len(summary.checkpoints)}"),
         ("final model", summary.output_dir),
         ("seconds", f"{summary.seconds:.1f}"),

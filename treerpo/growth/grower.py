@@ -2,17 +2,27 @@
 
 Algorithm
 ---------
-Wave 1 sends one request per problem: the rendered prompt (the root, step 1). Every result is a
-continuation to EOS or budget, and the tree is cut out of it afterwards:
+Wave 1 sends, per problem, one request from the rendered prompt (the root, step 1) for each
+child the root starts with. Every result is a continuation to EOS or budget, and the tree is cut
+out of it afterwards. How a further child of the root or of an entropy split starts is the
+branching mode (step 2):
 
-- Root split (step 2): the wave-1 result is the root's first child. `root_children - 1`
-  alternatives are drawn without replacement from the top-k at its position 0, excluding the
-  sampled token; each becomes a child whose first token is forced and which needs a request.
+- `resample` (default): it is a free sample from the same prefix, first token included, exactly
+  like the first child. Wave 1 sends `root_children` requests per problem; an entropy split's
+  second child is a new request from the path up to the split point. Every leaf is an on-policy
+  sample.
+- `forced` (the original release): wave 1 sends one request per problem; its result is the
+  root's first child, and `root_children - 1` alternatives are drawn without replacement from the
+  top-k at its position 0, excluding the sampled token; each becomes a child whose first token is
+  forced and which needs a request. An entropy split's second child starts with an alternative
+  to the sampled token, drawn the same way.
+
+Cutting (both modes):
+
 - Entropy splits (step 4): a node at depth < `max_depth` ends before the first qualifying position
   t of its segment (`rules.find_entropy_split`). The rest of the result, starting with the token
   sampled at t, *is* a sample of the child that starts with that token, and is searched for its
-  own split points in turn. Each split also adds an alternative child (forced first token, a new
-  request whose context is the path + the segment up to t + the alternative).
+  own split points in turn. Each split also adds the second child (branching mode above).
 - Coverage split (step 6): the last node of such a chain finished (EOS or budget) without an
   entropy split. Unless it is a coverage child it is cut by `rules.find_coverage_cut`: the original
   tail becomes its first coverage child, and `coverage_children_max - 1` new requests from the cut
@@ -23,9 +33,10 @@ Each wave batches every request the previous wave created, across all problems, 
 exactly one node, so decoded tokens (returned + forced alternatives) == unique tree tokens.
 
 Waves: a chain cut from a wave-w result starts at depth >= w - 1 (wave 1: depth 1), so the
-alternatives it creates, requested in wave w + 1, sit at depth >= w. Alternatives exist only at
-depth <= `max_depth`, so they are requested in waves 2 .. max_depth + 1. Coverage children are
-requested one wave after the chain that finished and spawn nothing: at most max_depth + 2 waves
+second children it creates, requested in wave w + 1, sit at depth >= w. Second children exist
+only at depth <= `max_depth`, so they are requested in waves 2 .. max_depth + 1. Coverage
+children are requested one wave after the chain that finished and spawn nothing: at most
+max_depth + 2 waves
 (a test shows the bound is reached).
 
 Budget (step 5): a request asks for `max_new_tokens` minus the completion tokens already on its
@@ -38,15 +49,17 @@ request is sent. An EOS token stays the last token of its leaf.
 Resolutions of what DESIGN leaves open
 --------------------------------------
 - A forced alternative token's behaviour logprob is its raw top-k logprob. That is exactly the
-  engine's behaviour logprob only when `engine.logprob_temperature == 1.0`, so tree growth
-  refuses other values (ValueError). Flat rollout forces no tokens and accepts any value.
+  engine's behaviour logprob only when `engine.logprob_temperature == 1.0`, so forced growth
+  refuses other values (ValueError). Resample growth and flat rollout force no tokens and accept
+  any value.
 - An alternative may be a stop token: that child is a finished one-token leaf (finish "eos").
 - When fewer top-k candidates with non-zero probability are left than `root_children - 1`, the
   root gets fewer children (tiny vocabularies only).
 - Coverage children may sit at depth `max_depth + 1`: DESIGN bounds entropy splits by depth, not
   the coverage split.
-- `split_entropy` is set on the node that split: the root (entropy at position 0 of the wave-1
-  result) and every "split" node. Coverage nodes and leaves have None.
+- `split_entropy` is set on the node that split: the root (entropy at position 0 of its first
+  child's wave-1 result) and every "split" node. Coverage nodes and leaves have None.
+- `forced` is True on exactly the children whose first token was drawn as an alternative.
 - Alternatives (root and entropy splits) are drawn with the sampling temperature over the raw
   top-k logprobs: step 2's "exp(logprob / temperature)" read with step 10's "untempered top-k".
 - "The text generated so far" (step 4) is the node's own segment text: a split needs
@@ -105,6 +118,7 @@ class _GrowingNode:
     depth: int
     completion_tokens_above: int  # completion tokens on the path above this node's segment
     samples_freely: bool = False  # coverage children and flat samples: never split, never cut
+    forced: bool = False  # its first token was drawn as an alternative (branching "forced")
     kind: NodeKind = "leaf"
     token_ids: list[int] = field(default_factory=list)  # the segment (the prompt for the root)
     logprobs: list[float] = field(default_factory=list)
@@ -198,6 +212,10 @@ class _Grower:
             if self.settings.rollout == "flat":
                 for _ in range(self.settings.num_generations):
                     pending.append(_PendingRequest(root.add_child(samples_freely=True), tree))
+            elif self.settings.branching == "resample":
+                pending.append(_PendingRequest(root.add_child(), tree, splits_root=True))
+                for _ in range(self.settings.resolved_root_children - 1):
+                    pending.append(_PendingRequest(root.add_child(), tree))
             else:
                 pending.append(_PendingRequest(root.add_child(), tree, splits_root=True))
         return pending
@@ -226,9 +244,10 @@ class _Grower:
 
         created: list[_PendingRequest] = []
         if pending.splits_root:
-            created += self._split_root(
-                tree=tree, sampled_token=segment_ids[0], entropy=entropies[0], topk=topk_at(0)
-            )
+            tree.root.split_entropy = float(entropies[0])
+            if self.settings.branching == "forced":
+                created += self._split_root(tree=tree, sampled_token=segment_ids[0],
+                                            topk=topk_at(0))
 
         current, offset = node, 0
         while True:
@@ -249,17 +268,20 @@ class _Grower:
             current.kind = "split"
             current.split_entropy = float(entropies[split_at])
             sampled_child = current.add_child()
-            topk_ids, topk_logprobs = topk_at(split_at)
-            drawn = sample_alternative(
-                topk_token_ids=topk_ids,
-                topk_logprobs=topk_logprobs,
-                exclude={segment_ids[split_at]},
-                temperature=self.alternative_temperature,
-                generator=tree.generator,
-            )
-            if drawn is None:  # entropy > threshold >= 0 needs two candidates with mass
-                raise RunFailure("engine top-k has no alternative at a high-entropy position")
-            created += self._add_forced_child(parent=current, forced=drawn, tree=tree)
+            if self.settings.branching == "resample":
+                created.append(_PendingRequest(current.add_child(), tree))
+            else:
+                topk_ids, topk_logprobs = topk_at(split_at)
+                drawn = sample_alternative(
+                    topk_token_ids=topk_ids,
+                    topk_logprobs=topk_logprobs,
+                    exclude={segment_ids[split_at]},
+                    temperature=self.alternative_temperature,
+                    generator=tree.generator,
+                )
+                if drawn is None:  # entropy > threshold >= 0 needs two candidates with mass
+                    raise RunFailure("engine top-k has no alternative at a high-entropy position")
+                created += self._add_forced_child(parent=current, forced=drawn, tree=tree)
             current, offset = sampled_child, split_at
 
         current.token_ids = segment_ids[offset:]
@@ -273,13 +295,12 @@ class _Grower:
         *,
         tree: _GrowingTree,
         sampled_token: int,
-        entropy: float,
         topk: tuple[np.ndarray, np.ndarray],
     ) -> list[_PendingRequest]:
-        tree.root.split_entropy = float(entropy)
+        """Forced branching: the root's further children start with alternative tokens."""
         used_tokens = {sampled_token}
         created: list[_PendingRequest] = []
-        for _ in range(self.settings.root_children - 1):
+        for _ in range(self.settings.resolved_root_children - 1):
             drawn = sample_alternative(
                 topk_token_ids=topk[0],
                 topk_logprobs=topk[1],
@@ -299,6 +320,7 @@ class _Grower:
         """A child starting with a forced alternative token: a request, or a finished leaf."""
         token_id, raw_logprob = forced
         child = parent.add_child()
+        child.forced = True
         child.token_ids = [token_id]
         child.logprobs = [raw_logprob]  # == behaviour logprob at logprob_temperature 1.0
         self.forced_tokens += 1
@@ -361,6 +383,7 @@ class _Grower:
             texts=[tokenizer.decode(node.token_ids) for node in ordered],
             split_entropies=[node.split_entropy for node in ordered],
             finish_reasons=[node.finish_reason for node in ordered],
+            forced=[node.forced for node in ordered],
             logprob_temperature=logprob_temperature,
         )
         built.rollout = self.settings.rollout
@@ -402,9 +425,10 @@ def grow_trees(
     Alternatives are drawn with `sampling.temperature`. Returns the trees, in prompt order, and
     their statistics.
     """
-    if settings.rollout == "tree" and engine.logprob_temperature != 1.0:
+    forces_tokens = settings.rollout == "tree" and settings.branching == "forced"
+    if forces_tokens and engine.logprob_temperature != 1.0:
         raise ValueError(
-            "tree growth needs an engine with logprob_temperature 1.0: a forced alternative "
+            "forced branching needs an engine with logprob_temperature 1.0: a forced alternative "
             "token's behaviour logprob is taken from the raw top-k, which is exact only then "
             f"(got {engine.logprob_temperature})"
         )

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from treerpo.engines.base import SamplingSettings
 
 DEFAULT_SPLIT_DELIMITERS = ["\n", "!", ".", "?", ";", ":"]
+Branching = Literal["resample", "forced"]
+DEFAULT_ROOT_CHILDREN: dict[str, int] = {"resample": 4, "forced": 2}
 
 
 class TreeSettings(BaseModel):
@@ -20,11 +22,18 @@ class TreeSettings(BaseModel):
 
     `coverage_children_max = 1` turns the coverage split off: a lone child carries no advantage
     signal (DESIGN step 9), so cutting a segment to hang one child below it would only add a node.
+
+    `branching` says how every further child of the root and of an entropy split starts (DESIGN
+    step 2): `resample` (the default) samples it freely from the same prefix, so every leaf is an
+    on-policy sample; `forced` draws its first token as an alternative from the top-k with the used
+    tokens removed (the original release's rule). `root_children` left unset means 4 with
+    resample and 2 with forced, the measured defaults of each (README, "Learning").
     """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     rollout: Literal["tree", "flat"] = "tree"
+    branching: Branching = "resample"
     max_depth: int = Field(default=7, ge=1, description="entropy splits only at depth < this")
     min_segment_len: int = Field(default=150, ge=1, description="tokens before a split point")
     entropy_threshold: float = Field(
@@ -35,7 +44,8 @@ class TreeSettings(BaseModel):
         default=150, ge=1, description="characters a coverage cut leaves after it"
     )
     coverage_children_max: int = Field(default=4, ge=1, description="children of a coverage cut")
-    root_children: int = Field(default=2, ge=2, description="children of the root split")
+    root_children: int | None = Field(
+        default=None, ge=2, description="children of the root (unset: 4 resample, 2 forced)")
     split_delimiters: list[str] = Field(default_factory=lambda: list(DEFAULT_SPLIT_DELIMITERS))
     num_generations: int = Field(default=8, ge=2, description="samples per problem (flat)")
     max_new_tokens: int = Field(default=1300, ge=1, description="completion tokens per path")
@@ -49,12 +59,20 @@ class TreeSettings(BaseModel):
             raise ValueError("split_delimiters must not contain the empty string")
         return delimiters
 
+    @property
+    def resolved_root_children(self) -> int:
+        """Children of the root: `root_children`, or the default of the branching mode."""
+        if self.root_children is not None:
+            return self.root_children
+        return DEFAULT_ROOT_CHILDREN[self.branching]
+
     @model_validator(mode="after")
     def _root_children_fit_topk(self) -> TreeSettings:
-        # The sampled first token plus root_children - 1 distinct alternatives come from the top-k.
-        if self.root_children > self.entropy_topk:
+        # Forced: the sampled first token plus root_children - 1 distinct alternatives come from
+        # the top-k. Resampled children may repeat a token, so any number fits.
+        if self.branching == "forced" and self.resolved_root_children > self.entropy_topk:
             raise ValueError(
-                f"root_children ({self.root_children}) must be <= entropy_topk "
+                f"root_children ({self.resolved_root_children}) must be <= entropy_topk "
                 f"({self.entropy_topk})"
             )
         return self

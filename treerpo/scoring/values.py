@@ -14,6 +14,11 @@ index). A leaf is a node other than the root that has no children.
   children and the root carry no signal: None.
 
 So each sibling group's advantages sum to zero, and the root's value is the mean of all leaves.
+
+`global-local` advantages (TreeRL's) add a global term to the local one wherever the local one
+exists: A(c) = [value(c) - sibling mean] + [value(c) - value(root)], the root's value being the
+tree's mean leaf reward. A group whose children all agree then still moves when it is better or
+worse than the tree as a whole; its advantages no longer sum to zero.
 Everything is O(nodes): one backward pass sums leaf rewards and counts into parents (children
 come after parents), one pass over sibling groups.
 """
@@ -21,6 +26,7 @@ come after parents), one pass over sibling groups.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 from treerpo.trees import Tree
 
@@ -73,6 +79,34 @@ def compute_advantages(
         for index, value in zip(group, group_values, strict=True):
             advantages[index] = value - group_mean
     return advantages
+
+
+def global_local_advantages(
+    *, parents: Sequence[int | None], values: Sequence[float | None]
+) -> list[float | None]:
+    """Local advantage plus value(c) - value(root), for every node that has a local advantage."""
+    local = compute_advantages(parents=parents, values=values)
+    root_value = values[0]
+    return [None if advantage is None else advantage + (values[index] - root_value)
+            for index, advantage in enumerate(local)]
+
+
+ADVANTAGE_MODES = ("local", "global-local")
+
+
+def with_advantages(tree: Tree, *, mode: str) -> Tree:
+    """A copy of a scored `tree` whose advantages follow `mode` ("local": as stored by scoring;
+    "global-local": recomputed from the stored values). The input tree is not changed."""
+    if mode not in ADVANTAGE_MODES:
+        raise ValueError(f"advantage mode must be one of {ADVANTAGE_MODES}, got {mode!r}")
+    if mode == "local":
+        return tree
+    parents = [node.parent for node in tree.nodes]
+    advantages = global_local_advantages(parents=parents,
+                                         values=[node.value for node in tree.nodes])
+    nodes = [replace(node, advantage=advantage, children=list(node.children))
+             for node, advantage in zip(tree.nodes, advantages, strict=True)]
+    return replace(tree, nodes=nodes)
 
 
 def apply_scores(tree: Tree, rewards: Mapping[int, float]) -> None:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -147,6 +148,9 @@ class NodeRow(Base):
     reward: Mapped[float | None] = mapped_column(Float)
     value: Mapped[float | None] = mapped_column(Float)
     advantage: Mapped[float | None] = mapped_column(Float)
+    # The node's first token was forced as an alternative (branching "forced"): its subtree is
+    # not an on-policy sample, which the trainer's on-policy metrics and `inspect` must know.
+    forced: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class TrainStepRow(Base):

@@ -145,6 +145,7 @@ def _node_row(tree_id: int, node: TreeNode) -> tuple[Any, ...]:
         tree_id, node.index, node.parent, node.depth, node.ordinal, node.kind, node.num_tokens,
         pack_token_ids(node.token_ids), pack_logprobs(node.logprobs), storable_text(node.text),
         node.split_entropy, node.finish_reason, node.reward, node.value, node.advantage,
+        node.forced,
     )
 
 
@@ -235,7 +236,7 @@ def _mean_reward(tree: Tree) -> float | None:
 _NODE_COLUMNS = (
     NodeRow.tree_id, NodeRow.node_index, NodeRow.parent_index, NodeRow.depth, NodeRow.ordinal,
     NodeRow.kind, NodeRow.token_ids, NodeRow.logprobs, NodeRow.text, NodeRow.split_entropy,
-    NodeRow.finish_reason, NodeRow.reward, NodeRow.value, NodeRow.advantage,
+    NodeRow.finish_reason, NodeRow.reward, NodeRow.value, NodeRow.advantage, NodeRow.forced,
 )
 
 
@@ -278,6 +279,7 @@ def load_trees(store: Store, tree_ids: Sequence[int]) -> list[Tree]:
             reward=row.reward,
             value=row.value,
             advantage=row.advantage,
+            forced=bool(row.forced),
         ))
     trees = []
     for tree_id in tree_ids:

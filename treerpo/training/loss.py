@@ -9,7 +9,16 @@ minus the mean value of c and its siblings). For each such token,
 
 and the batch loss is, with `aggregation="group"` (the default), the token mean within each
 sibling group (all tokens of all children of one parent), then the mean over groups; with
-`aggregation="token"`, one mean over all tokens of the batch.
+`aggregation="token"`, one mean over all tokens of the batch; with `aggregation="leaf"`, the
+token mean within each group, then the mean over groups weighted by each group's visitation share
+v_g = (leaves below the group's parent) / (leaves of its tree):
+
+    loss = sum_g v_g * tokenmean_g / sum_g v_g
+
+Training on every root-to-leaf path with its segments' advantages visits group g once per leaf
+below its parent, so v_g is the policy-gradient weight of the state the group branches from: the
+decisive early groups (the root's: v = 1) weigh more than deep ones, which "group" gives one
+vote each. For a flat tree (one group) all three coincide up to the token weighting.
 
 The logprobs are all the same transform: log_softmax(logits / logprob_temperature) of the model,
 gathered at the token, in float32. That is what the engines store as behaviour logprobs (before
@@ -40,24 +49,39 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Aggregation = Literal["group", "token"]
+Aggregation = Literal["group", "token", "leaf"]
+AGGREGATIONS = ("group", "token", "leaf")
 
 
-def aggregation_weights(*, group_ids: Tensor, aggregation: Aggregation) -> Tensor:
+def aggregation_weights(
+    *, group_ids: Tensor, aggregation: Aggregation, group_visits: Tensor | None = None
+) -> Tensor:
     """Per-token weights that sum to 1 and turn per-token losses into the batch loss.
 
-    "group": 1 / (num_groups * tokens in the token's group); "token": 1 / num_tokens.
+    "group": 1 / (num_groups * tokens in the token's group); "token": 1 / num_tokens;
+    "leaf": v_g / (sum of v over groups * tokens in the group), where `group_visits` (N,) gives
+    each token its group's visitation share v_g (the same value for every token of a group).
     """
     num_tokens = group_ids.shape[0]
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     if aggregation == "token":
         return torch.full((num_tokens,), 1.0 / max(num_tokens, 1), device=group_ids.device)
-    if aggregation != "group":
-        raise ValueError(f"aggregation must be 'group' or 'token', got {aggregation!r}")
     _, group_index, group_sizes = torch.unique(
         group_ids, return_inverse=True, return_counts=True
     )  # (N,), (G,)
-    num_groups = group_sizes.shape[0]
-    return 1.0 / (num_groups * group_sizes[group_index].to(torch.float32))  # (N,)
+    tokens_in_group = group_sizes[group_index].to(torch.float32)  # (N,)
+    if aggregation == "group":
+        return 1.0 / (group_sizes.shape[0] * tokens_in_group)  # (N,)
+    if group_visits is None:
+        raise ValueError("aggregation 'leaf' needs group_visits")
+    visits = group_visits.to(device=group_ids.device, dtype=torch.float32)  # (N,)
+    per_group_visit = torch.zeros(group_sizes.shape[0], device=group_ids.device)  # (G,)
+    per_group_visit.scatter_(0, group_index, visits)  # every token of a group writes the same v
+    total_visit = per_group_visit.sum()
+    if total_visit <= 0:
+        raise ValueError("aggregation 'leaf' needs a group with a positive visitation share")
+    return visits / (total_visit * tokens_in_group)  # (N,)
 
 
 def ppo_tree_loss(
@@ -72,12 +96,14 @@ def ppo_tree_loss(
     ref_logprobs: Tensor | None = None,
     beta: float = 0.0,
     token_weights: Tensor | None = None,
+    group_visits: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The clipped surrogate (plus optional k3 KL) over N trained tokens; see the module docstring.
 
     All tensors are (N,) and aligned: `new_logprobs` carries the gradient, the others are data.
     `group_ids` names each token's sibling group (its node's parent, unique across trees).
     `token_weights` (N,), when given, replaces the aggregation (see `aggregation_weights`).
+    `group_visits` (N,) is each token's group visitation share, needed by `aggregation="leaf"`.
 
     Returns the scalar loss and float metrics: `clip_fraction` (share of tokens whose gradient the
     clip removes: ratio > 1 + epsilon_high with A > 0, or ratio < 1 - epsilon with A < 0),
@@ -95,7 +121,7 @@ def ppo_tree_loss(
         raise ValueError("beta > 0 needs ref_logprobs from the frozen reference model")
     shape = new_logprobs.shape
     aligned = [behaviour_logprobs, advantages, group_ids]
-    aligned += [t for t in (ref_logprobs, token_weights) if t is not None]
+    aligned += [t for t in (ref_logprobs, token_weights, group_visits) if t is not None]
     if len(shape) != 1 or any(t.shape != shape for t in aligned):
         raise ValueError("all per-token tensors must be 1-D and of the same length")
 
@@ -117,7 +143,8 @@ def ppo_tree_loss(
         per_token = per_token + beta * kl  # (N,)
 
     if token_weights is None:
-        token_weights = aggregation_weights(group_ids=group_ids, aggregation=aggregation)
+        token_weights = aggregation_weights(group_ids=group_ids, aggregation=aggregation,
+                                            group_visits=group_visits)
     loss = (token_weights.to(per_token) * per_token).sum()
 
     with torch.no_grad():

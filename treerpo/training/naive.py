@@ -54,12 +54,17 @@ def naive_tree_loss(
 
     Uses each tree's `logprob_temperature`; nodes without an advantage are skipped.
     """
-    if aggregation not in ("group", "token"):
-        raise ValueError(f"aggregation must be 'group' or 'token', got {aggregation!r}")
+    if aggregation not in ("group", "token", "leaf"):
+        raise ValueError(f"aggregation must be 'group', 'token' or 'leaf', got {aggregation!r}")
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     group_losses: list[Tensor] = []  # per group: sum of per-token losses
     group_sizes: list[int] = []
+    group_visits: list[float] = []  # per group: leaves below its parent / leaves of its tree
     for tree in trees:
+        leaves_below = [0] * len(tree.nodes)
+        for node in reversed(tree.nodes[1:]):
+            leaves_below[node.index] += 1 if node.is_leaf else 0
+            leaves_below[node.parent] += leaves_below[node.index]
         for parent in tree.nodes:
             children = [i for i in parent.children if tree.nodes[i].advantage is not None]
             children = [i for i in children if tree.nodes[i].num_tokens > 0]
@@ -101,11 +106,15 @@ def naive_tree_loss(
                 group_size += child.num_tokens
             group_losses.append(group_sum)
             group_sizes.append(group_size)
+            group_visits.append(leaves_below[parent.index] / leaves_below[0])
     num_tokens = sum(group_sizes)
     if aggregation == "group":
         loss = sum(s / n for s, n in zip(group_losses, group_sizes, strict=True)) / max(
             len(group_losses), 1
         )
+    elif aggregation == "leaf":
+        loss = sum(v * s / n for s, n, v in zip(group_losses, group_sizes, group_visits,
+                                                 strict=True)) / sum(group_visits)
     else:
         loss = sum(group_losses) / max(num_tokens, 1)
     loss = torch.as_tensor(loss, device=model.device)

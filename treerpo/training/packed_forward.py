@@ -89,8 +89,10 @@ def packed_tree_loss(
     if beta > 0.0 and ref_model is None:
         raise ValueError("beta > 0 needs a frozen reference model")
     new_parts, behaviour_parts, advantage_parts, group_parts, ref_parts = [], [], [], [], []
+    visit_parts = []
     group_id_base = 0
     for tree in trees:
+        visit_shares = torch.tensor(tree.group_visit_shares(), dtype=torch.float32)  # (nodes,)
         packs = pack_tree(tree=tree, max_packed_tokens=max_packed_tokens)
         new_logprobs = packed_token_logprobs(
             model=model, packs=packs, logprob_temperature=tree.logprob_temperature
@@ -108,6 +110,7 @@ def packed_tree_loss(
             behaviour_parts.append(fields.behaviour_logprobs[fields.has_advantage])
             advantage_parts.append(fields.advantages[fields.has_advantage])
             group_parts.append(fields.group_ids[fields.has_advantage])
+            visit_parts.append(visit_shares[pack.trained_nodes[fields.has_advantage]])
             if ref_logprobs is not None:
                 ref_parts.append(ref_logprobs[pack_number][keep])
         group_id_base += len(tree.nodes)
@@ -122,6 +125,7 @@ def packed_tree_loss(
         aggregation=aggregation,
         ref_logprobs=_concat(ref_parts, device=device) if beta > 0.0 else None,
         beta=beta,
+        group_visits=_concat(visit_parts, device=device),
     )
 
 

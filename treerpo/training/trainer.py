@@ -9,9 +9,15 @@ One optimizer step (DESIGN step 10):
    store as behaviour logprobs, so ratio = exp(new - behaviour) is 1 for an unchanged policy.
 3. Per token: -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A), plus
    beta * k3(KL(new || ref)) when beta > 0 (a frozen copy of the starting model; none at 0).
+   Advantages are the stored ones (`local`: value minus the sibling mean) or, with
+   `--advantage global-local`, recomputed from the stored values with TreeRL's global term
+   (value minus the tree's mean leaf reward) added (`treerpo.scoring.values`).
 4. Aggregation over the *whole step*, across trees and processes: "group" = token mean per sibling
    group, then the mean over every group of the step; "token" = one mean over every trained token
-   of the step. Each tree's loss is scaled by (its groups or tokens) / (the step's, summed over
+   of the step; "leaf" = token mean per group, then the mean over the step's groups weighted by
+   their visitation shares (leaves below the group's parent / leaves of its tree: what training
+   on every root-to-leaf path with segment advantages weighs; `treerpo.training.loss`). Each
+   tree's loss is scaled by (its groups, tokens or visitation mass) / (the step's, summed over
    processes), so the accumulated gradient is exactly the gradient of the step's mean.
 5. Gradients are summed over processes, clipped to max_grad_norm, and AdamW steps; the learning
    rate follows transformers' `get_scheduler`. With num_iterations = mu > 1 the same batch serves
@@ -50,11 +56,13 @@ import torch
 
 from treerpo.config import OptimizationConfig, TrainConfig
 from treerpo.errors import BadInputError
+from treerpo.scoring.values import with_advantages
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.training import checkpoints
 from treerpo.training.metrics import open_metrics_sink
 from treerpo.training.packed_forward import packed_tree_loss
+from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
 from treerpo.trees import Tree
 
 
@@ -96,14 +104,18 @@ class BatchSource(Protocol):
         ...
 
 
-def trained_counts(tree: Tree) -> tuple[int, int]:
-    """(trained tokens, sibling groups) of a tree: tokens of nodes that carry an advantage."""
+def trained_counts(tree: Tree) -> tuple[int, int, float]:
+    """(trained tokens, sibling groups, visitation mass) of a tree: tokens of nodes that carry
+    an advantage, the groups they form, and the sum of those groups' visitation shares (leaves
+    below the group's parent / leaves of the tree; what "leaf" aggregation weighs groups by)."""
     tokens, parents = 0, set()
     for node in tree.nodes[1:]:
         if node.advantage is not None and node.num_tokens > 0:
             tokens += node.num_tokens
             parents.add(node.parent)
-    return tokens, len(parents)
+    leaf_counts = tree.leaf_counts()
+    visit_mass = sum(leaf_counts[parent] for parent in parents) / leaf_counts[0] if parents else 0.0
+    return tokens, len(parents), visit_mass
 
 
 def tree_order(*, num_trees: int, seed: int, epoch: int) -> np.ndarray:
@@ -143,25 +155,24 @@ class PolicyUpdater:
         """One optimizer step; `trees` is this process's shard. Returns step-wide metrics."""
         started = time.perf_counter()
         opt = self.optimization
+        trees = [with_advantages(tree, mode=opt.advantage) for tree in trees]
         counts = [trained_counts(tree) for tree in trees]
         local = torch.tensor([
-            sum(tokens for tokens, _ in counts),
-            sum(groups for _, groups in counts),
-            sum(len(tree.leaves()) for tree in trees),
-            sum(leaf.reward or 0.0 for tree in trees for leaf in tree.leaves()),
-            sum(1 for tree in trees for node in tree.nodes if node.advantage is not None),
-            sum(abs(node.advantage) for tree in trees for node in tree.nodes
-                if node.advantage is not None),
+            sum(tokens for tokens, _, _ in counts),
+            sum(groups for _, groups, _ in counts),
+            sum(visit_mass for _, _, visit_mass in counts),
             len(trees),
+            *rollout_sums(trees),
         ], dtype=torch.float64)
-        (total_tokens, total_groups, num_leaves, reward_sum, num_advantages, abs_advantage_sum,
-         num_trees) = self._sum_over_processes(local).tolist()
-        denominator = total_groups if opt.loss_aggregation == "group" else total_tokens
+        total_tokens, total_groups, total_visit_mass, num_trees, *rollout_totals = (
+            self._sum_over_processes(local).tolist())
+        denominator = {"group": total_groups, "token": total_tokens,
+                       "leaf": total_visit_mass}[opt.loss_aggregation]
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, kl x tokens
-        for tree, (tokens, groups) in zip(trees, counts, strict=True):
+        for tree, (tokens, groups, visit_mass) in zip(trees, counts, strict=True):
             if tokens == 0:
                 continue
             with self._autocast():
@@ -173,7 +184,8 @@ class PolicyUpdater:
                 raise RuntimeError(f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} "
                                    f"tokens in {metrics['num_groups']} groups, expected {tokens} "
                                    f"in {groups}")
-            share = (groups if opt.loss_aggregation == "group" else tokens) / denominator
+            share = {"group": groups, "token": tokens,
+                     "leaf": visit_mass}[opt.loss_aggregation] / denominator
             (loss * share).backward()
             sums += torch.tensor([loss.item() * share, metrics["clip_fraction"] * tokens,
                                   metrics.get("kl", 0.0) * tokens], dtype=torch.float64)
@@ -193,8 +205,7 @@ class PolicyUpdater:
         seconds = time.perf_counter() - started
         return {
             "loss": loss_sum,
-            "mean_reward": reward_sum / num_leaves if num_leaves else None,
-            "mean_abs_advantage": abs_advantage_sum / num_advantages if num_advantages else None,
+            **rollout_metrics(rollout_totals),
             "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
             "kl": kl_token_sum / total_tokens if opt.beta > 0 and total_tokens else None,
             "grad_norm": float(grad_norm),
