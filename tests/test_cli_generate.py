@@ -142,6 +142,10 @@ def test_flat_rollout(tiny_model_dir, gsm8k_dir, db_url):
         (["--engine", "tpu"], "engine"),
         (["--model", "/no/such/model"], "/no/such/model"),
         (["--limit", "0"], "--limit"),
+        (["--logprob-temperature", "hot"], "--logprob-temperature"),
+        (["--branching", "forced", "--logprob-temperature", "sampling"],
+         "--branching forced needs --logprob-temperature raw"),
+        (["--engine", "vllm", "--logprob-temperature", "sampling"], "--engine hf"),
     ],
 )
 def test_bad_input_exit_2_store_unchanged(tiny_model_dir, gsm8k_dir, tmp_path, args, message):
@@ -184,3 +188,57 @@ def test_run_config_is_stored_whole(tiny_model_dir, gsm8k_dir, db_url):
     assert run.kind == "generate" and run.status == "finished"
     assert run.config["tree"]["max_depth"] == 3 and run.config["sampling"]["top_p"] == 0.85
     assert run.config["tree"]["split_delimiters"] == ["\n", "!", ".", "?", ";", ":"]
+
+
+def stored_and_recomputed_logprobs(*, db_url: str, model, logprob_temperature: float):
+    """For every stored tree: its logprob_temperature, its stored behaviour logprobs (trained
+    tokens, pack order) and `model`'s log_softmax(logits / logprob_temperature) of them as the
+    trainer's packed forward computes it."""
+    import numpy as np
+    import torch
+
+    from treerpo.store.database import open_store
+    from treerpo.training.packed_forward import packed_token_logprobs
+    from treerpo.training.packing import pack_tree
+
+    store = open_store(db_url)
+    try:
+        trees = repository.load_trees(store, [row.tree_id for row in repository.list_trees(store)])
+    finally:
+        store.close()
+    found = []
+    for tree in trees:
+        (pack,) = pack_tree(tree=tree, max_packed_tokens=None)
+        with torch.no_grad():
+            (recomputed,) = packed_token_logprobs(model=model, packs=[pack],
+                                                  logprob_temperature=logprob_temperature)
+        nodes = pack.trained_nodes.numpy()  # (N,)
+        stored = np.zeros(len(nodes), dtype=np.float64)  # (N,)
+        for node_index in np.unique(nodes):
+            stored[nodes == node_index] = tree.nodes[node_index].logprobs
+        found.append((tree.logprob_temperature, stored, recomputed.double().numpy()))
+    return found
+
+
+@pytest.mark.parametrize(("flags", "expected_temperature"), [
+    ([], 1.0),  # raw stays the default
+    (["--logprob-temperature", "sampling"], 0.7),
+    (["--logprob_temperature", "raw"], 1.0),
+])
+def test_logprob_temperature_is_stored_and_is_what_the_trainer_recomputes(
+        tiny_model_dir, gsm8k_dir, db_url, flags, expected_temperature):
+    from treerpo.engines.loading import load_policy
+
+    result = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "2", "--temperature",
+                       "0.7", *flags)
+    assert result.exit_code == 0, result.stderr
+    model = load_policy(str(tiny_model_dir), torch_dtype="float32", device="cpu")
+    found = stored_and_recomputed_logprobs(db_url=db_url, model=model,
+                                           logprob_temperature=expected_temperature)
+    assert len(found) == 2
+    for logprob_temperature, stored, recomputed in found:
+        assert logprob_temperature == expected_temperature
+        assert abs(stored - recomputed).max() <= 1e-5  # PPO ratio 1 for the unchanged policy
+    if expected_temperature != 1.0:  # and they are not the raw logprobs
+        raw = stored_and_recomputed_logprobs(db_url=db_url, model=model, logprob_temperature=1.0)
+        assert max(abs(stored - recomputed).max() for _, stored, recomputed in raw) > 1e-2

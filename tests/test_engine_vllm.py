@@ -230,7 +230,7 @@ def test_aborted_or_logprob_less_outputs_are_run_failures(fake_vllm):
 
 
 def test_unsupported_settings_are_bad_input(fake_vllm, tiny_model_dir, contexts):
-    with pytest.raises(BadInputError, match="raw logprobs"):
+    with pytest.raises(BadInputError, match="--logprob-temperature raw or --engine hf"):
         vllm_engine(tiny_model_dir, logprob_temperature=0.5)
     engine = vllm_engine(tiny_model_dir, max_logprobs=20)
     with pytest.raises(BadInputError, match="max_logprobs"):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cli_runner import run_cli
 from safetensors.torch import load_file
+from test_cli_generate import stored_and_recomputed_logprobs
 from test_train_update import write_scored_trees
 
 from treerpo.store import repository
@@ -159,3 +160,39 @@ def test_kl_checkpointing_sub_packs_and_token_mean_run_together(tiny_model_dir, 
     assert [row["learning_rate"] for row in rows] == pytest.approx([0.0, 5e-4, 1e-3])
     assert rows[0]["kl"] == rows[1]["kl"] == 0.0
     assert rows[2]["kl"] > 0.0
+
+
+def test_chained_sampling_logprobs_are_the_tempered_ones_of_the_growing_policy(
+        tiny_model_dir, gsm8k_dir, db_url, tmp_path):
+    from treerpo.engines.loading import load_policy
+
+    result = _train(tiny_model_dir, db_url, tmp_path / "out", "--dataset",
+                    str(gsm8k_dir / "test.jsonl"), "--per-device-train-batch-size", "2",
+                    "--max-steps", "1", "--temperature", "0.7", "--logprob_temperature",
+                    "sampling", *SMALL_TREE)
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((tmp_path / "out" / "train_config.json").read_text())
+    assert config["engine"]["logprob_temperature"] == "sampling"
+    # The step's trees were grown by the starting policy: the ratio of the first update is 1.
+    model = load_policy(str(tiny_model_dir), torch_dtype="float32", device="cpu")
+    found = stored_and_recomputed_logprobs(db_url=db_url, model=model, logprob_temperature=0.7)
+    assert len(found) == 2
+    for logprob_temperature, stored, recomputed in found:
+        assert logprob_temperature == 0.7
+        assert abs(stored - recomputed).max() <= 1e-5
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--branching", "forced", "--logprob-temperature", "sampling"],
+     "--branching forced needs --logprob-temperature raw"),
+    (["--engine", "vllm", "--logprob-temperature", "sampling"], "--engine hf"),
+    (["--logprob-temperature", "tempered"], "--logprob-temperature"),
+])
+def test_chained_logprob_temperature_conflicts_are_refused_before_the_store_opens(
+        tiny_model_dir, gsm8k_dir, tmp_path, flags, message):
+    db_path = tmp_path / "store.db"
+    result = _train(tiny_model_dir, f"sqlite:///{db_path}", tmp_path / "out", "--dataset",
+                    str(gsm8k_dir / "test.jsonl"), *flags)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not db_path.exists() and not (tmp_path / "out").exists()

@@ -15,13 +15,18 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from treerpo.growth.settings import SamplingConfig, TreeSettings
 from treerpo.problems.prompts import PromptSettings
 
 EngineName = Literal["auto", "hf", "vllm"]
 TorchDtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+# Which logits the behaviour logprobs (stored with every tree) and the trainer's new logprobs are
+# the log-softmax of (DESIGN step 10). "raw": the logits as the model gives them
+# (logprob_temperature 1.0, vLLM's default logprobs). "sampling": the logits divided by the
+# sampling temperature (logprob_temperature = --temperature), as TRL does for both.
+LogprobTemperatureMode = Literal["raw", "sampling"]
 
 
 class _Strict(BaseModel):
@@ -48,12 +53,27 @@ class EngineConfig(_Strict):
     torch_dtype: TorchDtypeName = "auto"
     trust_remote_code: bool = False
     seed: int = 0
+    # raw or sampling (see LogprobTemperatureMode); the value an engine is built with comes from
+    # `treerpo.engines.resolve_logprob_temperature`. "raw" until `bench learn` chooses.
+    logprob_temperature: LogprobTemperatureMode = "raw"
     # HF engine: requests decoded together in one batch.
     generation_batch_size: int = Field(default=64, ge=1)
     # vLLM engine only.
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=16)
     enable_prefix_caching: bool = True
+
+
+def _check_growth_logprobs(*, tree: TreeSettings, engine: EngineConfig) -> None:
+    """Settings that cannot grow trees together, refused before any model loads."""
+    if (tree.rollout == "tree" and tree.branching == "forced"
+            and engine.logprob_temperature == "sampling"):
+        # A forced alternative's behaviour logprob is its raw top-k logprob (growth.grower).
+        raise ValueError("--branching forced needs --logprob-temperature raw: a forced "
+                         "alternative token's logprob is the raw one")
+    if engine.engine == "vllm" and engine.logprob_temperature == "sampling":
+        raise ValueError("--engine vllm reports raw logprobs only: use --logprob-temperature raw "
+                         "or --engine hf")
 
 
 class GenerateConfig(_Strict):
@@ -68,6 +88,11 @@ class GenerateConfig(_Strict):
     # Problems whose trees grow together: each wave batches their requests.
     batch_size: int = Field(default=16, ge=1)
 
+    @model_validator(mode="after")
+    def _growth_settings_agree(self) -> GenerateConfig:
+        _check_growth_logprobs(tree=self.tree, engine=self.engine)
+        return self
+
     def resolved_run_name(self) -> str:
         """`--run`, or a name derived from the dataset and a hash of everything that shapes the
         trees: the same command resumes the same run, a changed flag starts a new one."""
@@ -75,7 +100,7 @@ class GenerateConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={"run_name", "batch_size"})
         shaping["engine"] = {k: v for k, v in shaping["engine"].items()
-                             if k in ("model", "seed", "torch_dtype")}
+                             if k in ("model", "seed", "torch_dtype", "logprob_temperature")}
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.data.dataset).stem).strip("-").lower()
         return f"{self.tree.rollout}-{stem or 'data'}-{self.data.split}-{digest}"
@@ -156,6 +181,12 @@ class TrainConfig(_Strict):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"{existing} is not writable")
         return output_dir
+
+    @model_validator(mode="after")
+    def _growth_settings_agree(self) -> TrainConfig:
+        if self.chained:  # replay grows nothing: its trees carry their own logprob temperature
+            _check_growth_logprobs(tree=self.tree, engine=self.engine)
+        return self
 
     @property
     def chained(self) -> bool:

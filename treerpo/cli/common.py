@@ -79,6 +79,9 @@ def validated(settings_class: type[ModelT], /, **values: Any) -> ModelT:
         return settings_class(**values)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or settings_class.__name__
+        if not first["loc"]:  # a check across fields: its message names the flags itself
+            reason = first.get("ctx", {}).get("error", first["msg"])
+            raise BadInputError(str(reason)) from error
+        field = ".".join(str(part) for part in first["loc"])
         flag = "--" + field.replace("_", "-")
         raise BadInputError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from error

@@ -46,6 +46,7 @@ def generate(
     gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
     max_model_len: opt.MaxModelLen = None,
     enable_prefix_caching: opt.EnablePrefixCaching = True,
+    logprob_temperature: opt.LogprobTemperature = "raw",
     rollout: opt.Rollout = "tree",
     branching: opt.Branching = "resample",
     num_generations: opt.NumGenerations = 8,
@@ -93,8 +94,9 @@ def generate(
     load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
                   limit=data.limit, offset=data.offset, problem_field=data.problem_field,
                   answer_field=data.answer_field)
-    policy, tokenizer = create_engine_from_config(config.engine,
-                                                  max_logprobs=config.tree.entropy_topk)
+    policy, tokenizer = create_engine_from_config(
+        config.engine, sampling_temperature=config.sampling.temperature,
+        max_logprobs=config.tree.entropy_topk)
     console = stdout_console()
     progress = progress_bar(label="generate", unit="trees", console=console,
                             disable=json_output, field="rate")

@@ -56,6 +56,10 @@ MaxModelLen = Annotated[int | None, typer.Option("--max-model-len",
 EnablePrefixCaching = Annotated[bool, typer.Option(
     "--enable-prefix-caching/--no-enable-prefix-caching",
     help="vLLM: reuse the KV cache of shared prefixes (tree paths share theirs).")]
+LogprobTemperature = Annotated[str, typer.Option(
+    "--logprob-temperature", help="Behaviour and trained logprobs: raw (log_softmax(logits)) or "
+    "sampling (log_softmax(logits / --temperature), as TRL). Stored with every tree; sampling "
+    "needs --branching resample (or --rollout flat) and --engine hf.")]
 
 # Tree growth
 Rollout = Annotated[str, typer.Option(
@@ -127,7 +131,7 @@ DATA_FLAGS = ("dataset", "split", "dataset_config", "limit", "offset", "problem_
               "answer_field")
 ENGINE_FLAGS = ("model", "engine", "torch_dtype", "trust_remote_code", "seed",
                 "generation_batch_size", "gpu_memory_utilization", "max_model_len",
-                "enable_prefix_caching")
+                "enable_prefix_caching", "logprob_temperature")
 PROMPT_FLAGS = ("system_prompt", "prompt_template")
 TREE_FLAGS = ("rollout", "branching", "num_generations", "max_depth", "min_segment_len",
               "entropy_threshold", "entropy_topk", "coverage_min_chars", "coverage_children_max",

@@ -14,7 +14,7 @@ from treerpo.engines.loading import TorchDtypeName
 from treerpo.errors import BadInputError
 
 if TYPE_CHECKING:
-    from treerpo.config import EngineConfig
+    from treerpo.config import EngineConfig, LogprobTemperatureMode
 
 EngineName = Literal["auto", "hf", "vllm"]
 
@@ -27,6 +27,7 @@ __all__ = [
     "create_engine",
     "create_engine_from_config",
     "resolve_engine_name",
+    "resolve_logprob_temperature",
 ]
 
 
@@ -41,6 +42,22 @@ def resolve_engine_name(name: str) -> Literal["hf", "vllm"]:
     if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available():
         return "vllm"
     return "hf"
+
+
+def resolve_logprob_temperature(
+    mode: LogprobTemperatureMode, *, sampling_temperature: float | None
+) -> float:
+    """The `logprob_temperature` an engine is built with, for `--logprob-temperature MODE`:
+    "raw" → 1.0 (log_softmax(logits)); "sampling" → the sampling temperature
+    (log_softmax(logits / T), TRL's transform). `sampling_temperature` None means the caller does
+    not sample (greedy eval), where only raw has a meaning."""
+    if mode == "raw":
+        return 1.0
+    if mode != "sampling":
+        raise BadInputError(f"unknown logprob temperature {mode!r}: use raw or sampling")
+    if sampling_temperature is None:
+        raise BadInputError("--logprob-temperature sampling needs a sampling temperature")
+    return float(sampling_temperature)
 
 
 def create_engine(
@@ -108,15 +125,20 @@ def create_engine(
     return engine, tokenizer
 
 
-def create_engine_from_config(config: EngineConfig, *, max_logprobs: int = 20):
+def create_engine_from_config(
+    config: EngineConfig, *, sampling_temperature: float | None = None, max_logprobs: int = 20
+):
     """`create_engine` with the settings of an `EngineConfig` (generate, train and eval share
-    it); returns `(engine, tokenizer)`."""
+    it); returns `(engine, tokenizer)`. `sampling_temperature` is the temperature the engine
+    will sample at (None: greedy), which `config.logprob_temperature` "sampling" needs."""
     return create_engine(
         config.engine,
         model=config.model,
         seed=config.seed,
         torch_dtype=config.torch_dtype,
         trust_remote_code=config.trust_remote_code,
+        logprob_temperature=resolve_logprob_temperature(
+            config.logprob_temperature, sampling_temperature=sampling_temperature),
         batch_size=config.generation_batch_size,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_model_len=config.max_model_len,

@@ -21,9 +21,12 @@ What is used:
 
 Logprobs: with `logprobs_mode="raw_logprobs"` (V1's default, set explicitly) vLLM reports
 `log_softmax(logits)` before penalties, temperature and truncation: exactly the behaviour logprob
-of `treerpo.engines.base` at `logprob_temperature = 1`. vLLM has no mode for another logprob
-temperature (its "processed" logprobs are after the sampling transforms), so this engine refuses
-any other value.
+of `treerpo.engines.base` at `logprob_temperature = 1` (`--logprob-temperature raw`). vLLM has no
+mode for `--logprob-temperature sampling`, log_softmax(logits / T): its "processed_logprobs" are
+taken after the repetition penalty and after top-k/top-p masking as well as the temperature, so
+they equal it only with every other transform off; and the mode is one per engine, while tree
+growth also needs the raw top-k. So this engine refuses any logprob temperature but 1.0, naming
+`--logprob-temperature raw` and `--engine hf` (which computes the sampling transform exactly).
 
 Weight updates: `load_weights` runs `model.load_weights(named_tensors)` inside the worker through
 `LLM.apply_model`, the public route to the model object that colocated RL trainers reach by the
@@ -133,8 +136,8 @@ class VLLMEngine:
     ) -> None:
         if logprob_temperature != 1.0:
             raise BadInputError(
-                "--engine vllm reports raw logprobs only: use --logprob-temperature 1.0 "
-                "or --engine hf"
+                "--engine vllm reports raw logprobs only: use --logprob-temperature raw "
+                f"or --engine hf (got logprob temperature {logprob_temperature})"
             )
         vllm = import_vllm()
         self._vllm = vllm

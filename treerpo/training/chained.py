@@ -15,6 +15,9 @@ The engine follows the policy:
 - vLLM: one engine for the run; after every optimizer step the trainer's parameters are loaded
   into it in place (`engine.load_weights`), never through a checkpoint on disk.
 
+Both engines are built with the logprob temperature of `--logprob-temperature` (raw: 1.0;
+sampling: the sampling temperature), which every grown tree stores and the trainer's forward uses.
+
 After a restart, trees the run already grew for a batch's problems (same epoch) are reused rather
 than grown twice (the store keeps one tree per problem, run and epoch).
 """
@@ -61,7 +64,11 @@ class ChainedBatches:
         trees_per_step: int,
         on_message: Callable[[str], None],
     ) -> None:
-        from treerpo.engines import create_engine_from_config, resolve_engine_name
+        from treerpo.engines import (
+            create_engine_from_config,
+            resolve_engine_name,
+            resolve_logprob_temperature,
+        )
 
         self.store = store
         self.config = config
@@ -75,12 +82,15 @@ class ChainedBatches:
         self.batches_per_epoch = math.ceil(len(problems) / trees_per_step)
         config.prompt.build(tokenizer, problems[0].problem)  # no chat template: exit 2 now
         engine = config.engine
+        self.logprob_temperature = resolve_logprob_temperature(
+            engine.logprob_temperature, sampling_temperature=config.sampling.temperature)
         self.engine_name = resolve_engine_name(engine.engine)
         self.vllm_engine = None
         if self.engine_name == "vllm":
             self.vllm_engine, _ = create_engine_from_config(
                 engine.model_copy(update={"engine": "vllm",
                                           "seed": engine.seed + accelerator.process_index}),
+                sampling_temperature=config.sampling.temperature,
                 max_logprobs=config.tree.entropy_topk)
 
     def batch_tree_ids(self, batch_index: int) -> list[int]:
@@ -136,6 +146,7 @@ class ChainedBatches:
         from treerpo.engines.hf import HFEngine
 
         return HFEngine(self.model, self.tokenizer, seed=self._seed(batch_index),
+                        logprob_temperature=self.logprob_temperature,
                         batch_size=self.config.engine.generation_batch_size)
 
     def _seed(self, batch_index: int) -> int:
