@@ -1,107 +1,307 @@
-"""`treerpo bench learn`: TreeRPO against GRPO (`rollout=flat`) from the same start, on `arith`.
+"""`treerpo bench learn`: does a tree rollout teach more per decoded token than flat GRPO?
 
-Both train the shipped tiny arithmetic policy with chained updates (the demo's settings) for the
-same number of steps and problems per step, over several seeds. GRPO's samples per problem are
-chosen so that both generate about the same number of tokens: a calibration run grows trees for
-one step's problems and GRPO gets round(tree tokens per problem / tokens per flat sample) samples
-(at least 2). Reported per method: greedy accuracy on the held-out problems after training (mean
-and spread over seeds) against the tokens actually generated.
+Arms, each trained from the task's shipped policy with the task's settings (`treerpo.bench.tasks`)
+for the same steps, problems per step, learning rate and seeds:
+
+- `flat`: GRPO (`rollout=flat`) with G samples per problem, G chosen so that it decodes about as
+  many tokens as `tree`: G = round(tree tokens per problem / tokens of one free sample), at least
+  2, both measured by one calibration step (learning rate 0) of each on the same problems. (The
+  mean root-to-leaf path of the trees is no estimate of a free sample: paths that split more
+  have more leaves, and on arith those are the long worked solutions.)
+- `tree`: TreeRPO with the library's defaults (resample branching, 4 root children).
+- `tree-forced`: the same with forced branching (2 root children), the original release's rule.
+
+Each run keeps a checkpoint at `eval_points` evenly spaced steps (the last one is the final
+model). The greedy accuracy of each on the task's held-out problems, against the completion
+tokens the run decoded up to that step, is the run's learning curve; its first point (step 0, no
+tokens) is the shipped policy, evaluated once for all runs. An arm's curve is the mean over seeds,
+point by point. The verdict (DESIGN, "Learning"): the cumulative tokens at which `tree`'s mean
+curve first reaches flat's final mean accuracy (linear interpolation between points), as a share
+of flat's total tokens, against the task's goal.
 """
 
 from __future__ import annotations
 
+import math
+import shutil
 import statistics
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from treerpo.demo import DemoSettings, greedy_eval, run_demo
-from treerpo.policies import arith_policy_path
+from treerpo.bench.tasks import LearnGoal, TaskSettings
+from treerpo.demo import greedy_eval, train_chained
+from treerpo.errors import BadInputError
+from treerpo.growth.settings import TreeSettings
 from treerpo.store import repository
-from treerpo.store.database import open_store
+from treerpo.store.database import Store, open_store
+from treerpo.training.checkpoints import CHECKPOINT_PREFIX
+
+ARMS = ("flat", "tree", "tree-forced")
+# Free samples per problem of the calibration that measures a flat sample's length.
+CALIBRATION_SAMPLES = 4
+# On-policy reward is reported as its mean over this last share of the steps.
+LAST_STEPS_SHARE = 0.1
+# Accuracies are means of k/n fractions: a curve "reaches" a target within float noise.
+REACH_TOLERANCE = 1e-9
+
+CurvePoint = tuple[float, float]  # (cumulative decoded tokens, greedy accuracy)
 
 
 @dataclass
-class MethodResult:
-    method: str
-    num_generations: int | None
-    accuracies: list[float]
-    tokens: list[int]
-    worked_shares: list[float]  # greedy completions with worked lines, after training
+class ArmRun:
+    """One seed of one arm."""
+
+    seed: int
+    accuracy: float  # greedy, after the last step
+    tokens: int  # completion tokens of every tree (or flat group) grown
+    curve: list[CurvePoint]
+    on_policy_reward_last: float  # mean over the last 10% of steps
+    nonzero_token_share: float  # mean over the steps
+    forced_token_share: float  # mean over the steps
+
+
+@dataclass
+class ArmResult:
+    name: str
+    num_generations: int | None  # flat only
+    runs: list[ArmRun] = field(default_factory=list)
 
     @property
-    def mean_accuracy(self) -> float:
+    def accuracies(self) -> list[float]:
+        return [run.accuracy for run in self.runs]
+
+    @property
+    def accuracy_mean(self) -> float:
         return statistics.fmean(self.accuracies)
 
     @property
-    def spread(self) -> float:
+    def accuracy_std(self) -> float:
         return statistics.pstdev(self.accuracies)
 
     @property
-    def mean_tokens(self) -> float:
-        return statistics.fmean(self.tokens)
+    def tokens_mean(self) -> float:
+        return statistics.fmean(run.tokens for run in self.runs)
+
+    @property
+    def curve(self) -> list[CurvePoint]:
+        return mean_curve([run.curve for run in self.runs])
+
+    @property
+    def on_policy_reward_last(self) -> float:
+        return statistics.fmean(run.on_policy_reward_last for run in self.runs)
+
+    @property
+    def nonzero_token_share(self) -> float:
+        return statistics.fmean(run.nonzero_token_share for run in self.runs)
+
+    @property
+    def forced_token_share(self) -> float:
+        return statistics.fmean(run.forced_token_share for run in self.runs)
+
+
+@dataclass(frozen=True)
+class GoalVerdict:
+    goal: LearnGoal
+    target_accuracy: float  # flat's final mean accuracy
+    flat_tokens: float  # flat's mean total tokens
+    tree_tokens: float | None  # where tree's mean curve first reaches the target; None: never
+    accuracy_gap: float  # tree's final mean accuracy - flat's
+
+    @property
+    def token_fraction(self) -> float | None:
+        if self.tree_tokens is None:
+            return None
+        return self.tree_tokens / self.flat_tokens if self.flat_tokens > 0 else math.inf
+
+    @property
+    def met(self) -> bool:
+        fraction = self.token_fraction
+        if fraction is None or fraction > self.goal.max_token_fraction:
+            return False
+        deficit = self.goal.max_accuracy_deficit
+        return deficit is None or self.accuracy_gap >= -deficit - REACH_TOLERANCE
 
 
 @dataclass
 class LearnBenchResult:
-    accuracy_before: float
-    worked_before: float
+    task: str
     steps: int
     problems_per_step: int
     seeds: list[int]
-    methods: list[MethodResult]
+    eval_steps: list[int]  # the steps of the curve points after step 0
+    accuracy_before: float
+    arms: list[ArmResult]
+    goal: GoalVerdict | None  # None unless both `flat` and `tree` ran
+
+
+def parse_arms(text: str) -> list[str]:
+    """`flat,tree` → ["flat", "tree"]; an unknown, repeated or missing arm is a BadInputError."""
+    return checked_arms([name.strip() for name in text.split(",") if name.strip()])
+
+
+def checked_arms(arms: Sequence[str]) -> list[str]:
+    """`arms` as a list, each one of `ARMS`, each once; otherwise a BadInputError."""
+    unknown = [name for name in arms if name not in ARMS]
+    if unknown:
+        raise BadInputError(f"--arms: unknown arm {unknown[0]!r}; use some of {', '.join(ARMS)}")
+    if not arms or len(set(arms)) != len(arms):
+        raise BadInputError(f"--arms: name each arm once, some of {', '.join(ARMS)} "
+                            f"(got {','.join(arms)!r})")
+    return list(arms)
+
+
+def eval_steps(*, steps: int, points: int) -> list[int]:
+    """The steps evaluated after step 0: every `steps // points` steps, the last one `steps`."""
+    if not 1 <= points <= steps:
+        raise BadInputError(f"--eval-points must be between 1 and --steps ({steps}), "
+                            f"got {points}")
+    interval = steps // points
+    return [interval * k for k in range(1, points)] + [steps]
+
+
+def arm_tree(*, arm: str, tree: TreeSettings, flat_generations: int) -> TreeSettings:
+    """The tree settings of `arm`, from the task's."""
+    updates: dict[str, object] = {
+        "flat": {"rollout": "flat", "num_generations": flat_generations},
+        "tree": {},
+        "tree-forced": {"branching": "forced"},
+    }[arm]
+    return TreeSettings.model_validate({**tree.model_dump(), **updates})
+
+
+def tokens_to_reach(*, curve: Sequence[CurvePoint], target: float) -> float | None:
+    """The tokens at which `curve` first reaches `target` accuracy, linearly interpolated between
+    the last point below and the first at or above it; None when it never does."""
+    previous: CurvePoint | None = None
+    for tokens, accuracy in curve:
+        if accuracy >= target - REACH_TOLERANCE:
+            if previous is None:
+                return tokens
+            before_tokens, before_accuracy = previous
+            share = (target - before_accuracy) / (accuracy - before_accuracy)
+            return before_tokens + min(1.0, max(0.0, share)) * (tokens - before_tokens)
+        previous = (tokens, accuracy)
+    return None
+
+
+def goal_verdict(
+    *, tree_curve: Sequence[CurvePoint], flat_curve: Sequence[CurvePoint], goal: LearnGoal
+) -> GoalVerdict:
+    """Where the tree arm's mean curve reaches the flat arm's final mean accuracy."""
+    flat_tokens, target = flat_curve[-1]
+    return GoalVerdict(goal=goal, target_accuracy=target, flat_tokens=flat_tokens,
+                       tree_tokens=tokens_to_reach(curve=tree_curve, target=target),
+                       accuracy_gap=tree_curve[-1][1] - target)
+
+
+def mean_curve(curves: Sequence[Sequence[CurvePoint]]) -> list[CurvePoint]:
+    """Point-by-point means of curves sampled at the same steps."""
+    return [(statistics.fmean(point[0] for point in points),
+             statistics.fmean(point[1] for point in points))
+            for points in zip(*curves, strict=True)]
 
 
 def run_learn_bench(
     *,
-    seeds: list[int],
-    settings: DemoSettings,
+    settings: TaskSettings,
+    arms: Sequence[str],
+    seeds: Sequence[int],
+    eval_points: int,
     on_message: Callable[[str], None] = lambda message: None,
 ) -> LearnBenchResult:
+    """Train every arm for every seed from `settings`' policy and evaluate the curves."""
+    checked_arms(arms)
+    curve_steps = eval_steps(steps=settings.steps, points=eval_points)
     with tempfile.TemporaryDirectory(prefix="treerpo-learn-") as folder:
         store = open_store(f"sqlite:///{Path(folder) / 'learn.db'}")
         try:
-            outcome = greedy_eval(store=store, model=str(arith_policy_path()),
-                                  settings=settings, run_name="learn-eval-before")
-            before = outcome.accuracy
-            on_message(f"greedy accuracy before: {before:.1%}")
-            calibration = run_demo(
-                store=store, output_dir=Path(folder) / "calibration",
-                settings=replace(settings, steps=1, learning_rate=0.0),
-                accuracy_before=before, tag="learn-calibration")
-            tree_tokens = calibration.tokens_generated / settings.problems_per_step
-            sample_tokens = _mean_path_tokens(store, calibration.tree_ids)
-            flat_generations = max(2, round(tree_tokens / sample_tokens))
-            on_message(f"tree: {tree_tokens:.0f} tokens per problem → GRPO gets "
-                       f"{flat_generations} samples per problem")
-            methods = [MethodResult("TreeRPO", None, [], [], []),
-                       MethodResult("GRPO (flat)", flat_generations, [], [], [])]
+            before = greedy_eval(store=store, model=settings.policy, settings=settings,
+                                 run_name="learn-eval-before")
+            on_message(f"{settings.task}: greedy accuracy before {before.accuracy:.1%}")
+            flat_generations = 0
+            if "flat" in arms:
+                flat_generations = _calibrate_flat(store=store, folder=Path(folder),
+                                                   settings=settings, on_message=on_message)
+            results = [ArmResult(arm, flat_generations if arm == "flat" else None)
+                       for arm in arms]
             for seed in seeds:
-                for method in methods:
-                    tree = settings.tree if method.num_generations is None else \
-                        settings.tree.model_copy(update={"rollout": "flat",
-                                                         "num_generations": flat_generations})
-                    tag = f"learn-{'tree' if method.num_generations is None else 'flat'}-{seed}"
-                    result = run_demo(store=store, output_dir=Path(folder) / tag,
-                                      settings=replace(settings, seed=seed, tree=tree),
-                                      accuracy_before=before, tag=tag)
-                    method.accuracies.append(result.accuracy_after)
-                    method.tokens.append(result.tokens_generated)
-                    method.worked_shares.append(result.worked_after)
-                    on_message(f"{method.method} seed {seed}: {result.accuracy_after:.1%} after "
-                               f"{result.tokens_generated:,} tokens")
+                for result in results:
+                    run = _run_arm(
+                        store=store, folder=Path(folder), settings=replace(settings, seed=seed),
+                        tree=arm_tree(arm=result.name, tree=settings.tree,
+                                      flat_generations=flat_generations),
+                        tag=f"learn-{result.name}-{seed}", curve_steps=curve_steps,
+                        accuracy_before=before.accuracy)
+                    result.runs.append(run)
+                    on_message(f"{result.name} seed {seed}: {run.accuracy:.1%} after "
+                               f"{run.tokens:,} tokens")
         finally:
             store.close()
-    return LearnBenchResult(accuracy_before=before, worked_before=outcome.worked_share,
-                            steps=settings.steps,
-                            problems_per_step=settings.problems_per_step, seeds=seeds,
-                            methods=methods)
+    by_name = {result.name: result for result in results}
+    goal = None
+    if "flat" in by_name and "tree" in by_name:
+        goal = goal_verdict(tree_curve=by_name["tree"].curve, flat_curve=by_name["flat"].curve,
+                            goal=settings.goal)
+    return LearnBenchResult(
+        task=settings.task, steps=settings.steps, problems_per_step=settings.problems_per_step,
+        seeds=list(seeds), eval_steps=curve_steps, accuracy_before=before.accuracy,
+        arms=results, goal=goal)
 
 
-def _mean_path_tokens(store, tree_ids: list[int]) -> float:
-    """Tokens of one free sample from the root, estimated by the mean completion length of the
-    calibration trees' root-to-leaf paths (each path is a complete sample)."""
-    lengths = [sum(node.num_tokens for node in tree.path(leaf.index)[1:])
-               for tree in repository.load_trees(store, tree_ids) for leaf in tree.leaves()]
-    return max(1.0, statistics.fmean(lengths)) if lengths else 1.0
+def _calibrate_flat(
+    *, store: Store, folder: Path, settings: TaskSettings, on_message: Callable[[str], None]
+) -> int:
+    """GRPO's samples per problem that decode about as many tokens as the `tree` arm: one step
+    (learning rate 0) of each on the same problems gives tree tokens per problem and the tokens
+    of one free sample."""
+    calibration = replace(settings, steps=1, learning_rate=0.0)
+    per_problem: dict[str, float] = {}
+    for arm in ("tree", "flat"):
+        tree = arm_tree(arm=arm, tree=settings.tree, flat_generations=CALIBRATION_SAMPLES)
+        summary = train_chained(store=store, output_dir=folder / f"calibration-{arm}",
+                                settings=calibration, run_name=f"learn-calibration-{arm}",
+                                tree=tree)
+        run_id = repository.find_run(store, summary.run_name).id
+        per_problem[arm] = statistics.fmean(
+            grown.num_tokens for grown in repository.list_trees(store, run_id=run_id))
+    sample_tokens = max(1.0, per_problem["flat"] / CALIBRATION_SAMPLES)
+    generations = max(2, round(per_problem["tree"] / sample_tokens))
+    on_message(f"tree: {per_problem['tree']:.0f} tokens per problem, a sample "
+               f"{sample_tokens:.0f} → flat gets {generations} samples per problem")
+    return generations
+
+
+def _run_arm(
+    *, store: Store, folder: Path, settings: TaskSettings, tree: TreeSettings, tag: str,
+    curve_steps: list[int], accuracy_before: float,
+) -> ArmRun:
+    """Train one arm for one seed, then evaluate its checkpoints at `curve_steps` (the first is
+    the interval between them) and delete them."""
+    output_dir = folder / tag
+    summary = train_chained(store=store, output_dir=output_dir, settings=settings,
+                            run_name=f"{tag}-train", tree=tree, save_steps=curve_steps[0])
+    run_id = repository.find_run(store, summary.run_name).id
+    tree_tokens = {grown.tree_id: grown.num_tokens
+                   for grown in repository.list_trees(store, run_id=run_id)}
+    rows = repository.list_train_steps(store, run_id=run_id)
+    cumulative, seen, total = {}, set(), 0
+    for row in rows:
+        total += sum(tree_tokens[tree_id] for tree_id in row.tree_ids if tree_id not in seen)
+        seen.update(row.tree_ids)
+        cumulative[row.step] = total
+    curve: list[CurvePoint] = [(0.0, accuracy_before)]
+    for step in curve_steps:
+        model = output_dir if step == settings.steps else output_dir / f"{CHECKPOINT_PREFIX}{step}"
+        outcome = greedy_eval(store=store, model=str(model), settings=settings,
+                              run_name=f"{tag}-eval-{step}")
+        curve.append((float(cumulative[step]), outcome.accuracy))
+    shutil.rmtree(output_dir)
+    metrics = [row.metrics for row in rows]
+    last = metrics[-max(1, math.ceil(len(metrics) * LAST_STEPS_SHARE)):]
+    return ArmRun(
+        seed=settings.seed, accuracy=curve[-1][1], tokens=total, curve=curve,
+        on_policy_reward_last=statistics.fmean(m["on_policy_reward"] for m in last),
+        nonzero_token_share=statistics.fmean(m["nonzero_token_share"] for m in metrics),
+        forced_token_share=statistics.fmean(m["forced_token_share"] for m in metrics))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from treerpo.cli.common import JsonOption, print_json, stdout_console
+
+if TYPE_CHECKING:
+    from treerpo.bench.learn_bench import GoalVerdict
 
 bench_app = typer.Typer(help="Benchmarks: print figures and their goals.", no_args_is_help=True)
 
@@ -197,61 +201,137 @@ def bench_replay(
 
 @bench_app.command("learn")
 def bench_learn(
-    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per method (0, 1, ...)."),
-    steps: int = typer.Option(120, "--steps", min=1, help="Training steps per run."),
-    problems_per_step: int = typer.Option(16, "--problems-per-step", min=1,
-                                          help="Problems per step."),
-    eval_problems: int = typer.Option(200, "--eval-problems", min=1,
-                                      help="Held-out arith problems evaluated."),
+    task: str = typer.Option("arith", "--task", help="arith or arith-long: the built-in dataset "
+                             "and the shipped policy that starts, with the task's settings."),
+    arms: str = typer.Option("flat,tree,tree-forced", "--arms",
+                             help="Comma-separated arms: flat (GRPO), tree (resample "
+                             "branching), tree-forced (forced branching)."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per arm (0, 1, ...)."),
+    steps: int | None = typer.Option(None, "--steps", min=1,
+                                     help="Training steps per run [default: the task's]."),
+    problems_per_step: int | None = typer.Option(None, "--problems-per-step", min=1,
+                                                 help="Problems per step [default: the task's]."),
+    eval_problems: int | None = typer.Option(None, "--eval-problems", min=1,
+                                             help="Held-out problems evaluated [default: "
+                                             "the task's]."),
+    eval_points: int = typer.Option(6, "--eval-points", min=1,
+                                    help="Evaluations along each run (evenly spaced steps, the "
+                                    "last one the final model), besides step 0."),
     json_output: JsonOption = False,
 ) -> None:
-    """TreeRPO vs GRPO (flat) from the shipped arith policy at about the same token budget.
+    """Flat GRPO against TreeRPO (resample and forced branching) from the same shipped policy,
+    at about the same decoded tokens.
 
-    Same steps and problems per step; GRPO's samples per problem are set so that both generate
-    about as many tokens. Prints greedy accuracy after training (mean and spread over seeds)
-    against the tokens generated, and the share of greedy answers that are worked out.
-    The defaults (3 seeds × 2 methods × 120 steps) take about 20 minutes on 2 CPU cores.
+    Every arm trains with the task's settings for the same steps, problems per step and learning
+    rate, over seeds 0..N-1; flat's samples per problem are calibrated to decode about as many
+    tokens as the tree arm. Prints per arm the greedy accuracy after training (per seed, mean ±
+    population sd), the tokens decoded, the on-policy reward over the last 10% of steps, the share
+    of trained tokens with a non-zero advantage, the accuracy-vs-tokens curve, and the verdict on
+    DESIGN's goal: the tokens at which the tree arm's mean curve first reaches flat's final
+    accuracy, as a share of flat's tokens (goal: ≤ 0.90 and within 1 point on arith, ≤ 0.70 on
+    arith-long). The defaults train 3 seeds × 3 arms for 120 steps and run 55 greedy evaluations:
+    tens of minutes on CPU for arith.
+
+    `--json` prints one line: {"task", "steps", "problems_per_step", "seeds", "accuracy_before",
+    "arms": [{"name", "num_generations", "accuracies", "accuracy_mean", "accuracy_std",
+    "tokens_mean", "curve": [[tokens, accuracy], ...], "on_policy_reward_last",
+    "nonzero_token_share", "forced_token_share"}], "goal"} ("goal" null unless flat and tree ran).
 
     Examples:
 
-        treerpo bench learn
+        treerpo bench learn --task arith-long
 
-        treerpo bench learn --seeds 1 --steps 2 --problems-per-step 2 --eval-problems 10 --json
+        treerpo bench learn --seeds 1 --steps 2 --problems-per-step 2 --eval-points 2 --json
     """
-    from treerpo.bench.learn_bench import run_learn_bench
-    from treerpo.demo import DemoSettings
+    from treerpo.bench.learn_bench import parse_arms, run_learn_bench
+    from treerpo.bench.tasks import task_settings
 
-    settings = DemoSettings(steps=steps, problems_per_step=problems_per_step,
-                            eval_problems=eval_problems)
+    profile = task_settings(task)
+    settings = replace(profile, steps=steps or profile.steps,
+                       problems_per_step=problems_per_step or profile.problems_per_step,
+                       eval_problems=eval_problems or profile.eval_problems)
+    arm_names = parse_arms(arms)
     console = stdout_console()
     result = run_learn_bench(
-        seeds=list(range(seeds)), settings=settings,
+        settings=settings, arms=arm_names, seeds=list(range(seeds)), eval_points=eval_points,
         on_message=(lambda message: None) if json_output
         else (lambda message: console.print(f"· {message}", highlight=False)))
+    goal = result.goal
     if json_output:
         print_json({
+            "task": result.task, "steps": result.steps,
+            "problems_per_step": result.problems_per_step, "seeds": result.seeds,
             "accuracy_before": result.accuracy_before,
-            "worked_before": result.worked_before,
-            "methods": [{"method": m.method, "num_generations": m.num_generations,
-                         "accuracies": m.accuracies, "mean_accuracy": m.mean_accuracy,
-                         "spread": m.spread, "tokens": m.tokens,
-                         "worked_shares": m.worked_shares} for m in result.methods],
+            "arms": [{"name": arm.name, "num_generations": arm.num_generations,
+                      "accuracies": arm.accuracies, "accuracy_mean": arm.accuracy_mean,
+                      "accuracy_std": arm.accuracy_std, "tokens_mean": arm.tokens_mean,
+                      "curve": [list(point) for point in arm.curve],
+                      "on_policy_reward_last": arm.on_policy_reward_last,
+                      "nonzero_token_share": arm.nonzero_token_share,
+                      "forced_token_share": arm.forced_token_share} for arm in result.arms],
+            "goal": None if goal is None else {
+                "target_accuracy": goal.target_accuracy, "flat_tokens": goal.flat_tokens,
+                "tree_tokens": goal.tree_tokens, "token_fraction": goal.token_fraction,
+                "max_token_fraction": goal.goal.max_token_fraction,
+                "accuracy_gap": goal.accuracy_gap,
+                "max_accuracy_deficit": goal.goal.max_accuracy_deficit, "met": goal.met},
         })
         return
-    table = Table(title=f"bench learn · arith, {result.steps} steps × "
-                        f"{result.problems_per_step} problems, seeds {result.seeds}, "
-                        f"greedy accuracy before {result.accuracy_before:.1%}")
-    for column in ("method", "accuracy after (mean ± sd)", "per seed", "tokens generated",
-                   "worked out"):
+    flat_tokens = next((arm.tokens_mean for arm in result.arms if arm.name == "flat"), None)
+    table = Table(title=f"bench learn · {result.task}, {result.steps} steps × "
+                        f"{result.problems_per_step} problems, seeds "
+                        f"{', '.join(map(str, result.seeds))}; greedy accuracy before "
+                        f"{result.accuracy_before:.1%}")
+    table.add_column("arm", no_wrap=True)
+    for column in ("accuracy per seed", "mean ± sd", "tokens", "÷ flat"):
         table.add_column(column, justify="right")
-    for method in result.methods:
-        table.add_row(method.method, f"{method.mean_accuracy:.1%} ± {method.spread:.1%}",
-                      " ".join(f"{a:.1%}" for a in method.accuracies),
-                      f"{method.mean_tokens:,.0f}",
-                      " ".join(f"{share:.0%}" for share in method.worked_shares))
+    for arm in result.arms:
+        name = arm.name if arm.num_generations is None else f"{arm.name} G={arm.num_generations}"
+        table.add_row(name, " ".join(f"{a:.1%}" for a in arm.accuracies),
+                      f"{arm.accuracy_mean:.1%} ± {arm.accuracy_std:.1%}",
+                      f"{arm.tokens_mean:,.0f}",
+                      f"{arm.tokens_mean / flat_tokens:.2f}" if flat_tokens else "")
     console.print(table)
-    console.print(f"worked out: greedy answers that show working lines "
-                  f"(before training: {result.worked_before:.0%})", highlight=False)
+    console.print("accuracy: greedy, after training · tokens: completion tokens decoded "
+                  "(mean over seeds)", highlight=False)
+    why = Table(title="why: what each arm trains on (mean over seeds)")
+    why.add_column("arm", no_wrap=True)
+    for column in ("on-policy reward, last 10%", "tokens with advantage ≠ 0",
+                   "tokens under forced nodes"):
+        why.add_column(column, justify="right")
+    for arm in result.arms:
+        why.add_row(arm.name, f"{arm.on_policy_reward_last:.3f}",
+                    f"{arm.nonzero_token_share:.0%}", f"{arm.forced_token_share:.0%}")
+    console.print(why)
+    curves = Table(title="greedy accuracy @ cumulative tokens decoded (mean over seeds)")
+    curves.add_column("step", justify="right")
+    for arm in result.arms:
+        curves.add_column(arm.name, justify="right", no_wrap=True)
+    for row, step in enumerate([0, *result.eval_steps]):
+        curves.add_row(str(step), *(f"{arm.curve[row][1]:.1%} @ {arm.curve[row][0]:,.0f}"
+                                    for arm in result.arms))
+    console.print(curves)
+    console.print(_learn_verdict(task=result.task, goal=goal), highlight=False)
+
+
+def _learn_verdict(*, task: str, goal: GoalVerdict | None) -> str:
+    """DESIGN's learning goal, met or not, in one sentence."""
+    if goal is None:
+        return f"goal ({task}): not judged, it needs the flat and tree arms"
+    wanted = goal.goal
+    fraction = goal.token_fraction
+    if fraction is None:
+        reach = (f"tree never reaches flat's final accuracy {goal.target_accuracy:.1%} "
+                 f"(goal: within {wanted.max_token_fraction:.2f} × flat's "
+                 f"{goal.flat_tokens:,.0f} tokens)")
+    else:
+        reach = (f"tree reaches flat's final accuracy {goal.target_accuracy:.1%} at "
+                 f"{goal.tree_tokens:,.0f} tokens = {fraction:.2f} × flat's "
+                 f"{goal.flat_tokens:,.0f} (goal ≤ {wanted.max_token_fraction:.2f})")
+    final = f"tree's final accuracy {goal.accuracy_gap * 100:+.1f} points against flat's"
+    if wanted.max_accuracy_deficit is not None:
+        final += f" (goal ≥ {-wanted.max_accuracy_deficit * 100:.0f})"
+    return f"goal ({task}): {reach}; {final} → {'met' if goal.met else 'not met'}"
 
 
 def register(app: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -54,7 +55,8 @@ def demo(
     problems (no GPU, no download): greedy accuracy on held-out problems before, chained
     training (grow trees with the current policy, store, score, update) for `--steps` steps,
     greedy accuracy after, a before/after table (with the share of answers that are worked
-    out rather than answered at once), the reward curve, and the ids of a few trees to look at
+    out rather than answered at once), the curve of the on-policy reward (the mean reward of
+    the leaves the policy sampled itself) per step, and the ids of a few trees to look at
     with `treerpo inspect`. Training uses deterministic kernels: the same seed on the same
     machine and thread count prints the same figures. About 4 minutes on 2 cores.
 
@@ -64,10 +66,11 @@ def demo(
 
         treerpo demo --steps 5 --eval-problems 50 --json
     """
-    from treerpo.demo import DemoSettings, run_demo
+    from treerpo.bench.tasks import task_settings
+    from treerpo.demo import run_demo
 
-    settings = DemoSettings(steps=steps, eval_problems=eval_problems,
-                            problems_per_step=problems_per_step, seed=seed)
+    settings = replace(task_settings("arith"), steps=steps, eval_problems=eval_problems,
+                       problems_per_step=problems_per_step, seed=seed)
     console = stdout_console()
     quiet = json_output
 
@@ -75,9 +78,10 @@ def demo(
         if not quiet:
             console.print(f"[dim]·[/dim] {message}", markup=True, highlight=False)
 
-    def on_step(step: int, reward: float) -> None:
+    def on_step(step: int, on_policy_reward: float) -> None:
         if not quiet and (step == 1 or step % 10 == 0):
-            console.print(f"  step {step:>3}  mean reward {reward:.3f}", highlight=False)
+            console.print(f"  step {step:>3}  on-policy reward {on_policy_reward:.3f}",
+                          highlight=False)
 
     with store_at(db) as store:
         result = run_demo(store=store, output_dir=output_dir, settings=settings,
@@ -90,22 +94,20 @@ def demo(
     table = Table(title=f"treerpo demo · {eval_problems} held-out arith problems, greedy")
     for column in ("", "accuracy", "worked out"):
         table.add_column(column, justify="right")
-    worked_before = result.worked_before
-    assert worked_before is not None  # run_demo measures it unless given accuracy_before
     table.add_row("shipped policy (before)", f"{result.accuracy_before:.1%}",
-                  f"{worked_before:.0%}")
+                  f"{result.worked_before:.0%}")
     table.add_row(f"after {result.steps} TreeRPO steps", f"{result.accuracy_after:.1%}",
                   f"{result.worked_after:.0%}")
     table.add_row("change", f"{(result.accuracy_after - result.accuracy_before) * 100:+.1f} points",
-                  f"{(result.worked_after - worked_before) * 100:+.0f} points")
+                  f"{(result.worked_after - result.worked_before) * 100:+.0f} points")
     console.print(table)
     console.print("worked out: greedy answers that show working lines (`4 + 9 = 13`) before "
                   "the boxed answer", highlight=False)
-    if result.rewards_per_step:
-        curve, low, high = sparkline(result.rewards_per_step)
-        console.print(f"mean leaf reward per step  {curve}  (▁ {low:.2f} … █ {high:.2f}; "
-                      f"step 1 {result.rewards_per_step[0]:.2f}, last "
-                      f"{result.rewards_per_step[-1]:.2f})", highlight=False)
+    rewards = result.on_policy_rewards
+    if rewards:
+        curve, low, high = sparkline(rewards)
+        console.print(f"on-policy reward per step  {curve}  (▁ {low:.2f} … █ {high:.2f}; "
+                      f"step 1 {rewards[0]:.2f}, last {rewards[-1]:.2f})", highlight=False)
     else:
         console.print("no steps ran", highlight=False)
     sample = result.tree_ids[-3:]
