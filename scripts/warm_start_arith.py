@@ -1,10 +1,17 @@
-r"""Warm-start the tiny arith policy that ships in `treerpo/policies/arith-tiny`.
+r"""Warm-start a tiny policy for a built-in arith dataset, as shipped in `treerpo/policies`.
 
     python scripts/warm_start_arith.py --seed 0 --out treerpo/policies/arith-tiny
+    python scripts/warm_start_arith.py --dataset arith-long --seed 0 \
+        --out treerpo/policies/arith-long-tiny
 
-1. **Tokenizer**: byte-level BPE trained with the `tokenizers` library on rendered `arith` train
-   examples, with Qwen2's normalizer and pre-tokenizer (one token per digit, so numbers are
-   spelled digit by digit), Qwen's chat markers (`<|im_start|>`, EOS `<|im_end|>`) and
+`--dataset` picks the built-in dataset (`arith`, the default, or `arith-long`) and the defaults
+of the flags that depend on it (`DATASET_DEFAULTS`: the answer-only share, the accuracy band,
+how often and how long evaluations run, the temperature of the sampled measurement); every
+other step, and the model, are the same for both.
+
+1. **Tokenizer**: byte-level BPE trained with the `tokenizers` library on rendered train
+   examples of the dataset, with Qwen2's normalizer and pre-tokenizer (one token per digit, so
+   numbers are spelled digit by digit), Qwen's chat markers (`<|im_start|>`, EOS `<|im_end|>`) and
    `treerpo.tiny_model`'s chat template. It is saved and loaded back with `load_tokenizer` before
    training, and must encode every example the same way: the policy learns the tokenizer that
    users load.
@@ -12,24 +19,25 @@ r"""Warm-start the tiny arith policy that ships in `treerpo/policies/arith-tiny`
 3. **Supervised warm start**: next-token cross-entropy on the assistant part only: the prompt
    (the problem through the chat template, as `build_prompt` renders a tree's root) is context,
    the answer and the EOS token are the targets, token-averaged over the batch. The answer is
-   the boxed result alone for a share of the examples (`--direct-share`, half by default; drawn
-   per example from a stream of its own) and the worked solution for the rest. So the
-   policy learns two ways to answer, chosen at its first token: working the problem out, which
-   it half-learns, and answering at once, which it can hardly ever get right. Which way pays is
-   for RL to find, as a pretrained model holds both careful and hasty habits. AdamW, linear
+   the boxed result alone for a share of the examples (`--direct-share`; drawn per example
+   from a stream of its own) and the worked solution for the rest. For `arith` the share is
+   half, so the policy learns two ways to answer, chosen at its first token: working the
+   problem out, which it half-learns, and answering at once, which it can hardly ever get
+   right. Which way pays is for RL to find, as a pretrained model holds both careful and hasty
+   habits. For `arith-long` the share is 0: every target is worked out, so what RL has to fix
+   is a wrong line somewhere along a long chain, not a choice at the first token. AdamW, linear
    warmup then a constant learning rate (no decay: the run stops early, see 4).
 4. **Early stop in a band**: every `--eval-every` steps the greedy accuracy on the first
-   `--eval-problems` problems of the `arith` test split is measured with the project's own
+   `--eval-problems` problems of the dataset's test split is measured with the project's own
    `HFEngine` (temperature 0, no other transform) and `is_correct`. Training stops at the first
    evaluation whose accuracy lies in [`--min-accuracy`, `--max-accuracy`]: the policy is
    deliberately half-trained, so that TreeRPO has room to improve it and samples of one problem
    disagree. A run that jumps over the band fails instead of saving a policy that is too good.
 5. **Report**: the saved policy is loaded back with `load_policy`/`load_tokenizer` and measured
    on the same problems: greedy accuracy (overall, and for worked and answer-only completions),
-   and at temperature 0.6 (8 samples per problem, plain and with the sampling defaults of
-   `treerpo generate`) the accuracy of the samples and the share of problems whose samples
-   are mixed right and wrong. All goes into `MADE.md` next to
-   the weights.
+   and with 8 samples per problem (at `--sample-temperature` alone, and with the sampling
+   defaults of `treerpo generate`) the accuracy of the samples and the share of problems whose
+   samples are mixed right and wrong. All goes into `MADE.md` next to the weights.
 
 Deterministic under `--seed` for a given `--threads` (float sums on CPU depend on the thread
 count). Everything is on CPU.
@@ -56,22 +64,38 @@ from treerpo.demo import is_worked
 from treerpo.engines.base import GenerationRequest, SamplingSettings
 from treerpo.engines.hf import HFEngine
 from treerpo.engines.loading import load_policy, load_tokenizer
-from treerpo.problems.arith import (
-    DEFAULT_MAX_MULTIPLIER,
-    DEFAULT_MAX_OPERAND,
-    DEFAULT_MAX_OPS,
-    DEFAULT_MIN_OPS,
-    load_arith_split,
-)
+from treerpo.problems.arith import ARITH, ArithDataset
+from treerpo.problems.arith_long import ARITH_LONG
 from treerpo.problems.prompts import build_prompt
 from treerpo.scoring.verify import is_correct
 from treerpo.tiny_model import build_random_model, train_chat_tokenizer
 
+DATASETS: dict[str, ArithDataset] = {dataset.name: dataset for dataset in (ARITH, ARITH_LONG)}
+# Flag defaults that depend on `--dataset` (flag dest -> default); `arith`'s made arith-tiny.
+DATASET_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "arith": {
+        "direct_share": 0.5,
+        "min_accuracy": 0.35,
+        "max_accuracy": 0.60,
+        "max_new_tokens": 80,
+        "eval_every": 25,
+        "sample_temperature": 0.6,
+    },
+    # Worked targets only (see the module doc). The longest solution is ~150 tokens: 256 new
+    # tokens never cut one short. A greedy evaluation of 200 problems (~4 s) costs about 12
+    # training steps of ~250-token examples, so it runs half as often as arith's. 0.7 is the
+    # temperature `treerpo demo` and `bench learn` grow trees with.
+    "arith-long": {
+        "direct_share": 0.0,
+        "min_accuracy": 0.25,
+        "max_accuracy": 0.45,
+        "max_new_tokens": 256,
+        "eval_every": 50,
+        "sample_temperature": 0.7,
+    },
+}
 GREEDY = SamplingSettings(
     temperature=0.0, top_p=None, top_k=None, min_p=None, repetition_penalty=None
-)
-PLAIN_T06 = SamplingSettings(
-    temperature=0.6, top_p=None, top_k=None, min_p=None, repetition_penalty=None
 )
 # `treerpo generate`'s defaults (DESIGN step 3): what tree growth samples with.
 GENERATE_DEFAULTS = SamplingSettings()
@@ -99,10 +123,11 @@ class Example:
 
 @dataclass(frozen=True)
 class EvalProblem:
-    """A held-out problem: its rendered prompt's ids and the reference answer."""
+    """A held-out problem: its rendered prompt's ids, the reference answer and worked solution."""
 
     prompt_token_ids: list[int]
     reference: str
+    solution: str
 
 
 def build_arith_tokenizer(*, corpus: Sequence[str], vocab_size: int):
@@ -233,6 +258,19 @@ class Verdict:
 
     correct: bool
     worked: bool
+    # Where a wrong completion first leaves the reference solution: (0-based line, lines of the
+    # reference). None for a right one.
+    first_wrong_line: tuple[int, int] | None
+
+
+def first_wrong_line(completion: str, *, solution: str) -> tuple[int, int]:
+    """(index of the first line that differs from `solution`, number of lines of `solution`)."""
+    completion_lines = completion.strip().split("\n")
+    solution_lines = solution.split("\n")
+    for index, solution_line in enumerate(solution_lines):
+        if index >= len(completion_lines) or completion_lines[index].strip() != solution_line:
+            return index, len(solution_lines)
+    return len(solution_lines), len(solution_lines)
 
 
 def judge_completions(
@@ -255,8 +293,15 @@ def judge_completions(
     for index, result in enumerate(results):
         problem = problems[index // samples_per_problem]
         completion = tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=True)
+        correct = is_correct(completion, problem.reference)
         verdicts.append(
-            Verdict(correct=is_correct(completion, problem.reference), worked=is_worked(completion))
+            Verdict(
+                correct=correct,
+                worked=is_worked(completion),
+                first_wrong_line=(
+                    None if correct else first_wrong_line(completion, solution=problem.solution)
+                ),
+            )
         )
     return [
         verdicts[start : start + samples_per_problem]
@@ -278,7 +323,11 @@ def sampled_summary(per_problem: Sequence[Sequence[Verdict]]) -> tuple[float, fl
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    dataset_parser = argparse.ArgumentParser(add_help=False)
+    dataset_parser.add_argument("--dataset", choices=sorted(DATASETS), default=ARITH.name)
+    dataset_args, _ = dataset_parser.parse_known_args(argv)
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], parents=[dataset_parser])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     # One thread trained fastest on the shared 2-core machine; the thread count also fixes the
@@ -294,21 +343,29 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--max-steps", type=int, default=6_000)
-    parser.add_argument("--eval-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=int, help="default: by --dataset")
     parser.add_argument("--eval-problems", type=int, default=200)
     parser.add_argument(
-        "--min-accuracy", type=float, default=0.35, help="stop at the first eval at or above"
+        "--min-accuracy",
+        type=float,
+        help="stop at the first eval at or above (default: by --dataset)",
     )
     parser.add_argument(
-        "--max-accuracy", type=float, default=0.60, help="fail when an eval jumps above"
+        "--max-accuracy", type=float, help="fail when an eval jumps above (default: by --dataset)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=80)
+    parser.add_argument("--max-new-tokens", type=int, help="default: by --dataset")
     parser.add_argument(
         "--direct-share",
         type=float,
-        default=0.5,
-        help="share of train examples whose target is the boxed answer alone (no worked lines)",
+        help="share of train examples whose target is the boxed answer alone (no worked lines; "
+        "default: by --dataset)",
     )
+    parser.add_argument(
+        "--sample-temperature",
+        type=float,
+        help="temperature of the plain sampled measurement (default: by --dataset)",
+    )
+    parser.set_defaults(**DATASET_DEFAULTS[dataset_args.dataset])
     return parser.parse_args(argv)
 
 
@@ -416,8 +473,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     random_order = random.Random(args.seed)
 
-    train_rows = load_arith_split("train")
-    test_rows = load_arith_split("test")[: args.eval_problems]
+    dataset = DATASETS[args.dataset]
+    train_rows = dataset.load_split("train")
+    test_rows = dataset.load_split("test")[: args.eval_problems]
     corpus_rows = random_order.sample(train_rows, TOKENIZER_CORPUS_ROWS)
     trained_tokenizer = build_arith_tokenizer(
         corpus=[
@@ -491,6 +549,7 @@ def eval_problems_of(tokenizer, rows: Sequence[dict]) -> list[EvalProblem]:
         EvalProblem(
             prompt_token_ids=build_prompt(tokenizer, row["problem"]).token_ids,
             reference=row["answer"],
+            solution=row["solution"],
         )
         for row in rows
     ]
@@ -509,8 +568,15 @@ def measure_saved_policy(
         f"saved policy: greedy {sum(verdict.correct for verdict in greedy) / len(greedy):.1%}, "
         f"worked out {sum(verdict.worked for verdict in greedy) / len(greedy):.1%}"
     )
+    plain = SamplingSettings(
+        temperature=args.sample_temperature,
+        top_p=None,
+        top_k=None,
+        min_p=None,
+        repetition_penalty=None,
+    )
     sampled = {}
-    for label, sampling in (("plain", PLAIN_T06), ("generate-defaults", GENERATE_DEFAULTS)):
+    for label, sampling in (("plain", plain), ("generate-defaults", GENERATE_DEFAULTS)):
         per_problem = judge_completions(
             engine,
             tokenizer,
@@ -520,27 +586,33 @@ def measure_saved_policy(
             max_new_tokens=args.max_new_tokens,
         )
         sampled[label] = sampled_summary(per_problem)
-        print(f"T=0.6 {label}: accuracy {sampled[label][0]:.1%}, mixed {sampled[label][1]:.1%}")
+        print(
+            f"T={sampling.temperature:g} {label}: accuracy {sampled[label][0]:.1%}, "
+            f"mixed {sampled[label][1]:.1%}"
+        )
     return greedy, sampled
 
 
 def made_md(args: argparse.Namespace, *, command: Sequence[str], record: WarmStartRecord) -> str:
+    dataset = DATASETS[args.dataset]
     history = ", ".join(f"{step}: {accuracy:.1%}" for step, accuracy in record.accuracy_history)
     examples_seen = record.stopped_at_step * args.batch_size
     greedy_accuracy_ = sum(verdict.correct for verdict in record.greedy) / len(record.greedy)
-    kind_rows = []
-    for label, worked in (("worked out (one line per operation)", True), ("answer only", False)):
-        kind = [verdict for verdict in record.greedy if verdict.worked == worked]
-        kind_accuracy = sum(verdict.correct for verdict in kind) / len(kind) if kind else 0.0
-        kind_rows.append(f"| {label} | {len(kind)} | {kind_accuracy:.1%} |")
-    kind_table = "\n".join(kind_rows)
     plain_accuracy, plain_mixed = record.sampled["plain"]
     defaults_accuracy, defaults_mixed = record.sampled["generate-defaults"]
-    return f"""# arith-tiny: how it was made
+    if args.direct_share:
+        targets = (
+            f"{1 - args.direct_share:.0%} the worked solution (one line per operation, then "
+            f"`\\boxed{{N}}`), {args.direct_share:.0%} the answer alone (`\\boxed{{N}}`), "
+            "drawn per example"
+        )
+    else:
+        targets = "the worked solution (one line per operation, then `\\boxed{N}`), always"
+    return f"""# {args.out.name}: how it was made
 
-A tiny Qwen2 policy for the built-in `arith` dataset, warm-started by supervised training and
-stopped half-trained so that TreeRPO has room to improve it. Made from the repository root by
-`scripts/warm_start_arith.py` (its docstring describes the method):
+A tiny Qwen2 policy for the built-in `{dataset.name}` dataset, warm-started by supervised
+training and stopped half-trained so that TreeRPO has room to improve it. Made from the
+repository root by `scripts/warm_start_arith.py` (its docstring describes the method):
 
     python {shlex.join(command)}
 
@@ -558,32 +630,45 @@ may move the stop by an evaluation.
 | tokenizer | byte-level BPE trained on {TOKENIZER_CORPUS_ROWS:,} rendered train examples, \
 Qwen2 pre-tokenizer (one token per digit), {record.vocab_size} tokens, Qwen chat template, \
 EOS `<|im_end|>` |
-| data | built-in `arith` train split: 20,000 problems, {DEFAULT_MIN_OPS}-{DEFAULT_MAX_OPS} \
-operations, operands up to {DEFAULT_MAX_OPERAND}, multipliers up to {DEFAULT_MAX_MULTIPLIER}, \
-dataset seed 0 |
-| targets | {1 - args.direct_share:.0%} the worked solution (one line per operation, then \
-`\\boxed{{N}}`), {args.direct_share:.0%} the answer alone (`\\boxed{{N}}`), drawn per example |
+| data | built-in `{dataset.name}` train split: {dataset.train_size:,} problems, \
+{dataset.min_ops}-{dataset.max_ops} operations, operands up to {dataset.max_operand}, \
+multipliers up to {dataset.max_multiplier}, dataset seed {dataset.seed} |
+| targets | {targets} |
 | loss | next-token cross-entropy on the target and EOS tokens (the prompt is context) |
 | optimizer | AdamW lr {args.learning_rate:g}, {args.warmup_steps} warmup steps then constant, \
 weight decay {args.weight_decay:g}, gradient norm clipped at 1, batch {args.batch_size} |
 | steps | {record.stopped_at_step} ({examples_seen:,} examples, \
-{examples_seen / len(load_arith_split("train")):.2f} epochs) |
+{examples_seen / dataset.train_size:.2f} epochs) |
 | wall time | {record.train_seconds / 60:.1f} min from start to the stop |
 | stop rule | first evaluation (every {args.eval_every} steps) with greedy accuracy in \
 [{args.min_accuracy:.0%}, {args.max_accuracy:.0%}] |
 
 Accuracy of the saved policy (loaded back with `load_policy`/`load_tokenizer`) on the first
-{args.eval_problems} problems of the `arith` test split, which is disjoint from train;
+{args.eval_problems} problems of the `{dataset.name}` test split, which is disjoint from train;
 `is_correct` on each completion, at most {args.max_new_tokens} new tokens:
 
 | decoding | accuracy | problems with right and wrong samples |
 |---|---|---|
 | greedy (temperature 0, no other transform) | **{greedy_accuracy_:.1%}** | |
-| temperature 0.6 alone, {SAMPLES_PER_PROBLEM} samples per problem | {plain_accuracy:.1%} | \
-{plain_mixed:.1%} |
+| temperature {args.sample_temperature:g} alone, {SAMPLES_PER_PROBLEM} samples per problem | \
+{plain_accuracy:.1%} | {plain_mixed:.1%} |
 | `treerpo generate` defaults (temperature 0.6, top-p 0.85, top-k 25, repetition penalty 1.1), \
 {SAMPLES_PER_PROBLEM} samples per problem | {defaults_accuracy:.1%} | {defaults_mixed:.1%} |
+{kind_section(record.greedy) if args.direct_share else ""}\
+{first_wrong_line_section(record.greedy)}
+Greedy accuracy at each evaluation during training (step: accuracy): {history}.
+"""
 
+
+def kind_section(greedy: Sequence[Verdict]) -> str:
+    """The greedy completions by kind: worked out or answer only."""
+    kind_rows = []
+    for label, worked in (("worked out (one line per operation)", True), ("answer only", False)):
+        kind = [verdict for verdict in greedy if verdict.worked == worked]
+        kind_accuracy = sum(verdict.correct for verdict in kind) / len(kind) if kind else 0.0
+        kind_rows.append(f"| {label} | {len(kind)} | {kind_accuracy:.1%} |")
+    kind_table = "\n".join(kind_rows)
+    return f"""
 The greedy completions by kind. The policy answers some problems directly and works others
 out, and working out is what gets them right: the choice, made at the first token, is what
 TreeRPO's training mostly changes (`treerpo demo` prints the share before and after).
@@ -591,8 +676,31 @@ TreeRPO's training mostly changes (`treerpo demo` prints the share before and af
 | greedy completion | problems | accuracy |
 |---|---|---|
 {kind_table}
+"""
 
-Greedy accuracy at each evaluation during training (step: accuracy): {history}.
+
+def first_wrong_line_section(greedy: Sequence[Verdict]) -> str:
+    """Where the wrong greedy completions first leave the reference solution, by thirds."""
+    positions = [verdict.first_wrong_line for verdict in greedy if verdict.first_wrong_line]
+    thirds = ("first third", "middle third", "last third")
+    counts = dict.fromkeys([*thirds, "boxed line or after"], 0)
+    for line, num_lines in positions:
+        num_operation_lines = num_lines - 1  # the last line is `\boxed{N}`
+        if line >= num_operation_lines:
+            counts["boxed line or after"] += 1
+        else:
+            counts[thirds[3 * line // num_operation_lines]] += 1
+    rows = "\n".join(
+        f"| {label} | {count} | {count / max(1, len(positions)):.0%} |"
+        for label, count in counts.items()
+    )
+    return f"""
+Where the {len(positions)} wrong greedy completions first differ from the reference solution,
+by the position of that line among the operation lines:
+
+| first wrong line | problems | share |
+|---|---|---|
+{rows}
 """
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import operator
 import re
 
@@ -55,6 +57,32 @@ def test_generation_is_deterministic_under_a_seed():
     assert generate_arith(split="test", num_problems=50, seed=8) != first
     # More rows of a split extend fewer: a prefix does not depend on the size asked for.
     assert generate_arith(split="test", num_problems=80, seed=7)[:50] == first
+
+
+def test_builtin_rows_are_pinned():
+    # The shipped arith-tiny policy and every recorded result were made on these rows: a change
+    # of the generator's random streams (e.g. for another dataset) must leave them as they are.
+    assert load_arith_split("test")[0] == {
+        "problem": "Tom has 8 apples. He finds 2 more. He loses 1. He buys 3 more. He gives away "
+        "4. How many apples does he have now?",
+        "solution": "8 + 2 = 10\n10 - 1 = 9\n9 + 3 = 12\n12 - 4 = 8\n\\boxed{8}",
+        "answer": "8",
+    }
+    assert load_arith_split("train")[0] == {
+        "problem": "Ana has 2 cards. She buys 4 more. She finds 9 more. Then she has 2 times as "
+        "many. How many cards does she have now?",
+        "solution": "2 + 4 = 6\n6 + 9 = 15\n15 * 2 = 30\n\\boxed{30}",
+        "answer": "30",
+    }
+    # And every other row, by digest.
+    digests = {
+        split: hashlib.sha256(json.dumps(load_arith_split(split)).encode()).hexdigest()
+        for split in ("train", "test")
+    }
+    assert digests == {
+        "train": "b1db22f15d07b84db19470567842b2135c225592c1c6ae9916f2c7e358b17a97",
+        "test": "bdc07c2f889cedcf629d3d3dc7908b48abbfbab3c1d1c58c91b6662fc05d9c4f",
+    }
 
 
 def test_builtin_splits_are_disjoint_and_sized():

@@ -162,11 +162,13 @@ def eval_steps(*, steps: int, points: int) -> list[int]:
 
 
 def arm_tree(*, arm: str, tree: TreeSettings, flat_generations: int) -> TreeSettings:
-    """The tree settings of `arm`, from the task's."""
+    """The tree settings of `arm`, from the task's. `tree-forced` changes the branching rule
+    only: it keeps the tree arm's number of root children (4, which is also what the forced
+    figures before resample branching were measured with), not forced mode's default of 2."""
     updates: dict[str, object] = {
         "flat": {"rollout": "flat", "num_generations": flat_generations},
         "tree": {},
-        "tree-forced": {"branching": "forced"},
+        "tree-forced": {"branching": "forced", "root_children": tree.resolved_root_children},
     }[arm]
     return TreeSettings.model_validate({**tree.model_dump(), **updates})
 

@@ -73,10 +73,11 @@ def _sampling() -> SamplingConfig:
 def _arith() -> TaskSettings:
     from treerpo.policies import arith_policy_path
 
-    # Deeper splits where the policy is unsure: right after "= " (the result digits; its top-20
-    # entropy there reaches ~1-2 nats, elsewhere it is ~0) and at line starts. Coverage children
-    # re-sample the last ~2 lines (40 characters), so they differ in the arithmetic, not only in
-    # `\boxed`.
+    # Splits may fall right after "= " (before the result digits) and at line starts. The
+    # shipped policy is sure of itself there (measured: top-20 entropy after "= " averages 0.08
+    # nats), so at 1.0 entropy splits fire rarely (0.03-0.11 per tree) and the root's children
+    # and the coverage children carry most of the signal. Coverage children re-sample the last
+    # ~2 lines (40 characters), so they differ in the arithmetic, not only in `\boxed`.
     tree = TreeSettings(max_depth=5, min_segment_len=4, entropy_threshold=1.0, entropy_topk=20,
                         coverage_min_chars=40, coverage_children_max=8, max_new_tokens=80,
                         split_delimiters=["= ", "\n"])

@@ -21,10 +21,13 @@ of the multipliers (2..`max_multiplier`). Every intermediate value stays within
 defaults (2-4 operations, operands up to 10, multipliers up to 4, values up to 40) are what a
 tiny model half-learns in a few CPU minutes, its mistakes mostly one wrong line of arithmetic.
 
-Splits are disjoint: each split has its own random stream (seeded by the split name and the
-seed), and the `train` split drops every chain of operations that the `test` split of the same
-seed and difficulty holds, so no test problem appears in train, not even told the other way
-(as a story instead of an expression). Within a split every chain appears once.
+Splits are disjoint: each split has its own random stream (seeded by the dataset name, the split
+name and the seed), and the `train` split drops every chain of operations that the `test` split
+of the same dataset, seed and difficulty holds, so no test problem appears in train, not even
+told the other way (as a story instead of an expression). Within a split every chain appears
+once. The dataset name is in the stream so that two built-in datasets of this generator
+(`arith`, and `arith-long` in `treerpo.problems.arith_long`) draw different problems even where
+their difficulties overlap.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ Operator = Literal["+", "-", "*"]
 # The built-in `arith` loader's splits: name -> number of rows, at the default difficulty, seed 0.
 ARITH_SPLIT_SIZES = {"train": 20_000, "test": 1_000}
 ARITH_SEED = 0
+# The stream name of `arith`: kept as the generator's default so that its rows never change.
+ARITH_DATASET_NAME = "arith"
 DEFAULT_MIN_OPS = 2
 DEFAULT_MAX_OPS = 4
 DEFAULT_MAX_OPERAND = 10
@@ -146,6 +151,7 @@ def generate_arith(
     *,
     split: str,
     num_problems: int,
+    dataset: str = ARITH_DATASET_NAME,
     seed: int = ARITH_SEED,
     min_ops: int = DEFAULT_MIN_OPS,
     max_ops: int = DEFAULT_MAX_OPS,
@@ -156,9 +162,10 @@ def generate_arith(
     """`num_problems` rows `{"problem", "solution", "answer"}` of `split` (see module doc).
 
     The same arguments give the same rows, and more rows of a split extend fewer (a split's
-    first rows do not depend on `num_problems`). `train` excludes every chain of the first
-    `num_test_problems` rows of the `test` split of the same seed and difficulty; other split
-    names are only disjoint from each other by chance.
+    first rows do not depend on `num_problems`). `dataset` names the random streams: another
+    name draws other problems. `train` excludes every chain of the first `num_test_problems`
+    rows of the `test` split of the same dataset, seed and difficulty; other split names are
+    only disjoint from each other by chance.
     """
     if num_problems < 1:
         raise BadInputError(f"num_problems must be at least 1, got {num_problems}")
@@ -180,6 +187,7 @@ def generate_arith(
         excluded_chains = {
             problem.chain
             for problem in _draw_problems(
+                dataset=dataset,
                 split="test",
                 num_problems=num_test_problems,
                 seed=seed,
@@ -188,6 +196,7 @@ def generate_arith(
             )
         }
     problems = _draw_problems(
+        dataset=dataset,
         split=split,
         num_problems=num_problems,
         seed=seed,
@@ -204,24 +213,67 @@ def generate_arith(
     ]
 
 
+@dataclass(frozen=True)
+class ArithDataset:
+    """A built-in dataset of `generate_arith` rows: its name, split sizes, seed and difficulty."""
+
+    name: str  # what `--dataset` names; also the generator's stream name
+    train_size: int
+    test_size: int
+    seed: int = ARITH_SEED
+    min_ops: int = DEFAULT_MIN_OPS
+    max_ops: int = DEFAULT_MAX_OPS
+    max_operand: int = DEFAULT_MAX_OPERAND
+    max_multiplier: int = DEFAULT_MAX_MULTIPLIER
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        return {"train": self.train_size, "test": self.test_size}
+
+    def load_split(self, split: str) -> list[dict[str, Any]]:
+        """The rows of `split`, fresh copies of the generated (and cached) ones."""
+        if split not in self.split_sizes:
+            raise BadInputError(
+                f"built-in dataset {self.name!r} has no split {split!r}; "
+                f"its splits are {', '.join(self.split_sizes)}"
+            )
+        # Copies: a caller may change its rows without changing the cached split.
+        return [dict(row) for row in _generated_split(self, split)]
+
+
+ARITH = ArithDataset(
+    name=ARITH_DATASET_NAME,
+    train_size=ARITH_SPLIT_SIZES["train"],
+    test_size=ARITH_SPLIT_SIZES["test"],
+)
+
+
 def load_arith_split(split: str) -> list[dict[str, Any]]:
     """The built-in `arith` dataset's loader: `train` (20,000 rows) or `test` (1,000 rows)."""
-    if split not in ARITH_SPLIT_SIZES:
-        raise BadInputError(
-            f"built-in dataset 'arith' has no split {split!r}; "
-            f"its splits are {', '.join(ARITH_SPLIT_SIZES)}"
+    return ARITH.load_split(split)
+
+
+# Two splits of each built-in dataset (`arith`, `arith-long`), with room for one more.
+@functools.lru_cache(maxsize=6)
+def _generated_split(dataset: ArithDataset, split: str) -> tuple[dict[str, Any], ...]:
+    return tuple(
+        generate_arith(
+            split=split,
+            num_problems=dataset.split_sizes[split],
+            dataset=dataset.name,
+            seed=dataset.seed,
+            min_ops=dataset.min_ops,
+            max_ops=dataset.max_ops,
+            max_operand=dataset.max_operand,
+            max_multiplier=dataset.max_multiplier,
+            num_test_problems=dataset.test_size,
         )
-    # Copies: a caller may change its rows without changing the cached split.
-    return [dict(row) for row in _default_split(split)]
-
-
-@functools.lru_cache(maxsize=len(ARITH_SPLIT_SIZES))
-def _default_split(split: str) -> tuple[dict[str, Any], ...]:
-    return tuple(generate_arith(split=split, num_problems=ARITH_SPLIT_SIZES[split]))
+    )
 
 
 def _draw_problems(
     *,
+    dataset: str,
     split: str,
     num_problems: int,
     seed: int,
@@ -232,7 +284,7 @@ def _draw_problems(
     max_multiplier: int,
 ) -> list[ArithProblem]:
     # A string seed is hashed with SHA-512 by `random.Random`: stable across runs and platforms.
-    split_random = random.Random(f"arith:{split}:{seed}")
+    split_random = random.Random(f"{dataset}:{split}:{seed}")
     max_value = max_operand * max_multiplier
     problems: list[ArithProblem] = []
     seen_chains = set(excluded_chains)
@@ -251,7 +303,7 @@ def _draw_problems(
         if len(problems) == num_problems:
             return problems
     raise BadInputError(
-        f"cannot draw {num_problems} distinct arith problems for split {split!r} at this "
+        f"cannot draw {num_problems} distinct {dataset} problems for split {split!r} at this "
         f"difficulty (ops {min_ops}-{max_ops}, operands up to {max_operand}, multipliers up to "
         f"{max_multiplier}); ask for fewer or make it harder"
     )

@@ -3,7 +3,8 @@
 `generate`, `train --dataset` and `eval` all call `load_problems`. A dataset is one of, in the
 order they are tried:
 
-1. a **built-in** name registered in `BUILTIN_DATASETS` (`arith`: `treerpo.problems.arith`);
+1. a **built-in** name registered in `BUILTIN_DATASETS` (`arith`: `treerpo.problems.arith`;
+   `arith-long`: `treerpo.problems.arith_long`);
 2. a **local file** (`.jsonl`, `.json`, `.parquet`, `.csv`) — the split is only a label then — or a
    **folder** holding one file per split (`test.jsonl`, `train.parquet`, ...): `--split` picks it;
 3. otherwise a **Hugging Face hub id** loaded with `datasets.load_dataset` (`openai/gsm8k` and
@@ -38,6 +39,7 @@ from typing import Any
 
 from treerpo.errors import BadInputError
 from treerpo.problems.arith import load_arith_split
+from treerpo.problems.arith_long import load_arith_long_split
 from treerpo.scoring.answers import balanced_group
 
 PROBLEM_FIELDS = ("problem", "question", "prompt")
@@ -51,7 +53,10 @@ DEFAULT_HUB_CONFIGS = {"openai/gsm8k": "main", "gsm8k": "main"}
 # Built-in datasets: name -> function(split) returning rows with problem/answer columns, read like
 # any file. They shadow hub ids of the same name.
 BuiltinDatasetLoader = Callable[[str], list[dict[str, Any]]]
-BUILTIN_DATASETS: dict[str, BuiltinDatasetLoader] = {"arith": load_arith_split}
+BUILTIN_DATASETS: dict[str, BuiltinDatasetLoader] = {
+    "arith": load_arith_split,
+    "arith-long": load_arith_long_split,
+}
 
 
 @dataclass(frozen=True)
