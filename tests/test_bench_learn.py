@@ -6,6 +6,7 @@ import pytest
 from cli_runner import run_cli
 
 from treerpo.bench.learn_bench import (
+    arm_spec,
     arm_tree,
     eval_steps,
     goal_verdict,
@@ -159,3 +160,27 @@ def test_goal_verdict_checks_the_final_accuracy_when_the_goal_asks():
 def test_mean_curve_averages_point_by_point():
     assert mean_curve([[(0.0, 0.3), (100.0, 0.5)], [(0.0, 0.3), (300.0, 0.7)]]) == \
         [(0.0, 0.3), (200.0, pytest.approx(0.6))]
+
+
+def test_goal_is_not_met_when_flat_does_not_improve_on_the_start():
+    flat = [(0.0, 0.30), (500.0, 0.25), (1000.0, 0.30)]
+    tree = [(0.0, 0.30), (400.0, 0.20), (800.0, 0.22)]
+    verdict = goal_verdict(tree_curve=tree, flat_curve=flat,
+                           goal=LearnGoal(max_token_fraction=0.7, max_accuracy_deficit=None))
+    assert verdict.tree_tokens == 0.0 and not verdict.flat_improved and not verdict.met
+
+
+def test_arm_variants_change_what_they_name_and_nothing_else():
+    tree = task_settings("arith-long").tree
+    spec = arm_spec(arm="tree:root_children=2:entropy_threshold=0.3:loss_aggregation=leaf"
+                        ":advantage=global-local:logprob_temperature=sampling",
+                    tree=tree, flat_generations=5)
+    assert (spec.tree.root_children, spec.tree.entropy_threshold) == (2, 0.3)
+    assert spec.optimization == {"loss_aggregation": "leaf", "advantage": "global-local"}
+    assert spec.engine == {"logprob_temperature": "sampling"}
+    changed = {"root_children", "entropy_threshold"}
+    assert spec.tree.model_dump(exclude=changed) == tree.model_dump(exclude=changed)
+    for bad in ("tree:learning_rate=1", "tree:root_children", "tree:root_children=1",
+                "tree:loss_aggregation=sequence", "bush:root_children=2"):
+        with pytest.raises(BadInputError, match="--arms"):
+            arm_spec(arm=bad, tree=tree, flat_generations=5)

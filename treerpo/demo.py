@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,25 +98,28 @@ def train_chained(
     settings: TaskSettings,
     run_name: str,
     tree: TreeSettings | None = None,
+    optimization: Mapping[str, Any] | None = None,
+    engine: Mapping[str, Any] | None = None,
     save_steps: int | None = None,
     on_message: Callable[[str], None] = lambda message: None,
     on_step: Callable[[dict[str, Any]], None] = lambda metrics: None,
 ) -> TrainSummary:
     """Chained training of the task's shipped policy into `output_dir` (the final model there).
-    `tree` replaces the task's tree settings (a benchmark arm);
-    `save_steps` keeps a checkpoint every that many steps (default: one, at the last step)."""
+    `tree` replaces the task's tree settings, `optimization` and `engine` change fields of the
+    update's and the engine's configuration (a benchmark arm); `save_steps` keeps a checkpoint
+    every that many steps (default: one, at the last step)."""
     config = TrainConfig(
         run_name=run_name,
         output_dir=str(output_dir),
         engine=EngineConfig(model=settings.policy, engine="hf", torch_dtype="float32",
-                            seed=settings.seed, generation_batch_size=64),
+                            seed=settings.seed, generation_batch_size=64, **(engine or {})),
         data=DataConfig(dataset=settings.dataset, split="train"),
         tree=tree or settings.tree,
         sampling=settings.sampling,
         optimization=OptimizationConfig(
             per_device_train_batch_size=settings.problems_per_step, max_steps=settings.steps,
             learning_rate=settings.learning_rate, lr_scheduler_type="constant",
-            max_grad_norm=1.0),
+            max_grad_norm=1.0, **(optimization or {})),
         # Bit-reproducible: RL turns the last-bit differences of multi-threaded CPU updates into
         # a different policy, and the figures should come out the same on every run.
         full_determinism=True,

@@ -9,7 +9,13 @@ for the same steps, problems per step, learning rate and seeds:
   mean root-to-leaf path of the trees is no estimate of a free sample: paths that split more
   have more leaves, and on arith those are the long worked solutions.)
 - `tree`: TreeRPO with the library's defaults (resample branching, 4 root children).
-- `tree-forced`: the same with forced branching (2 root children), the original release's rule.
+- `tree-forced`: the same with forced branching (the original release's rule), and as many root
+  children as `tree`.
+- variants, to choose defaults by measurement: `BASE:key=value[:key=value...]` changes a tree
+  setting (`tree:root_children=2`, `tree:entropy_threshold=0.3`), the loss aggregation or the
+  advantage (`tree:loss_aggregation=leaf`, `tree:advantage=global-local`) or the logprob
+  transform (`tree:logprob_temperature=sampling`) of a base arm. The learning rate, steps and
+  problems are never an arm's to change.
 
 Each run keeps a checkpoint at `eval_points` evenly spaced steps (the last one is the final
 model). The greedy accuracy of each on the task's held-out problems, against the completion
@@ -23,14 +29,19 @@ of flat's total tokens, against the task's goal.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import statistics
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from treerpo.bench.tasks import LearnGoal, TaskSettings
+from treerpo.config import EngineConfig, OptimizationConfig
 from treerpo.demo import greedy_eval, train_chained
 from treerpo.errors import BadInputError
 from treerpo.growth.settings import TreeSettings
@@ -39,6 +50,9 @@ from treerpo.store.database import Store, open_store
 from treerpo.training.checkpoints import CHECKPOINT_PREFIX
 
 ARMS = ("flat", "tree", "tree-forced")
+# What a variant may change besides tree settings: the update's loss and the logprob transform.
+OPTIMIZATION_KEYS = ("loss_aggregation", "advantage")
+ENGINE_KEYS = ("logprob_temperature",)
 # Free samples per problem of the calibration that measures a flat sample's length.
 CALIBRATION_SAMPLES = 4
 # On-policy reward is reported as its mean over this last share of the steps.
@@ -108,6 +122,9 @@ class GoalVerdict:
     flat_tokens: float  # flat's mean total tokens
     tree_tokens: float | None  # where tree's mean curve first reaches the target; None: never
     accuracy_gap: float  # tree's final mean accuracy - flat's
+    # Flat's final accuracy rose above the start: without that there is nothing to reach, and
+    # "tree reaches it at 0 tokens" would read as a win.
+    flat_improved: bool = True
 
     @property
     def token_fraction(self) -> float | None:
@@ -118,7 +135,7 @@ class GoalVerdict:
     @property
     def met(self) -> bool:
         fraction = self.token_fraction
-        if fraction is None or fraction > self.goal.max_token_fraction:
+        if not self.flat_improved or fraction is None or fraction > self.goal.max_token_fraction:
             return False
         deficit = self.goal.max_accuracy_deficit
         return deficit is None or self.accuracy_gap >= -deficit - REACH_TOLERANCE
@@ -136,20 +153,73 @@ class LearnBenchResult:
     goal: GoalVerdict | None  # None unless both `flat` and `tree` ran
 
 
+@dataclass(frozen=True)
+class ArmSpec:
+    """What one arm trains with: its tree settings and its changes to the update and engine."""
+
+    name: str
+    tree: TreeSettings
+    optimization: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
+
+
 def parse_arms(text: str) -> list[str]:
     """`flat,tree` → ["flat", "tree"]; an unknown, repeated or missing arm is a BadInputError."""
     return checked_arms([name.strip() for name in text.split(",") if name.strip()])
 
 
 def checked_arms(arms: Sequence[str]) -> list[str]:
-    """`arms` as a list, each one of `ARMS`, each once; otherwise a BadInputError."""
-    unknown = [name for name in arms if name not in ARMS]
-    if unknown:
-        raise BadInputError(f"--arms: unknown arm {unknown[0]!r}; use some of {', '.join(ARMS)}")
+    """`arms` as a list, each a known base arm or a valid variant, each once; otherwise a
+    BadInputError."""
     if not arms or len(set(arms)) != len(arms):
         raise BadInputError(f"--arms: name each arm once, some of {', '.join(ARMS)} "
                             f"(got {','.join(arms)!r})")
+    default_tree = TreeSettings()
+    for arm in arms:
+        arm_spec(arm=arm, tree=default_tree, flat_generations=2)
     return list(arms)
+
+
+def arm_spec(*, arm: str, tree: TreeSettings, flat_generations: int) -> ArmSpec:
+    """The settings of `arm` (module docstring), from the task's tree settings."""
+    base, *changes = arm.split(":")
+    if base not in ARMS:
+        raise BadInputError(f"--arms: unknown arm {base!r}; use some of {', '.join(ARMS)}, "
+                            "optionally with :key=value changes")
+    tree_updates: dict[str, Any] = {
+        "flat": {"rollout": "flat", "num_generations": flat_generations},
+        "tree": {},
+        "tree-forced": {"branching": "forced", "root_children": tree.resolved_root_children},
+    }[base]
+    optimization: dict[str, Any] = {}
+    engine: dict[str, Any] = {}
+    for change in changes:
+        key, equals, value = change.partition("=")
+        if not equals or not key:
+            raise BadInputError(f"--arms: {change!r} in {arm!r} is not key=value")
+        if key in OPTIMIZATION_KEYS:
+            optimization[key] = value
+        elif key in ENGINE_KEYS:
+            engine[key] = value
+        elif key in TreeSettings.model_fields and key != "rollout":
+            tree_updates[key] = value.split("|") if key == "split_delimiters" else value
+        else:
+            raise BadInputError(f"--arms: {arm!r} cannot change {key!r}; changes name a tree "
+                                f"setting or one of {', '.join(OPTIMIZATION_KEYS + ENGINE_KEYS)}")
+    try:
+        settings = TreeSettings.model_validate({**tree.model_dump(), **tree_updates})
+        OptimizationConfig(**optimization)
+        EngineConfig(model="-", **engine)
+    except ValidationError as error:
+        raise BadInputError(f"--arms: {arm!r}: {error.errors()[0]['msg']}") from None
+    return ArmSpec(name=arm, tree=settings, optimization=optimization, engine=engine)
+
+
+def arm_tree(*, arm: str, tree: TreeSettings, flat_generations: int) -> TreeSettings:
+    """The tree settings of `arm`, from the task's. `tree-forced` changes the branching rule
+    only: it keeps the tree arm's number of root children (4, which is also what the forced
+    figures before resample branching were measured with), not forced mode's default of 2."""
+    return arm_spec(arm=arm, tree=tree, flat_generations=flat_generations).tree
 
 
 def eval_steps(*, steps: int, points: int) -> list[int]:
@@ -159,18 +229,6 @@ def eval_steps(*, steps: int, points: int) -> list[int]:
                             f"got {points}")
     interval = steps // points
     return [interval * k for k in range(1, points)] + [steps]
-
-
-def arm_tree(*, arm: str, tree: TreeSettings, flat_generations: int) -> TreeSettings:
-    """The tree settings of `arm`, from the task's. `tree-forced` changes the branching rule
-    only: it keeps the tree arm's number of root children (4, which is also what the forced
-    figures before resample branching were measured with), not forced mode's default of 2."""
-    updates: dict[str, object] = {
-        "flat": {"rollout": "flat", "num_generations": flat_generations},
-        "tree": {},
-        "tree-forced": {"branching": "forced", "root_children": tree.resolved_root_children},
-    }[arm]
-    return TreeSettings.model_validate({**tree.model_dump(), **updates})
 
 
 def tokens_to_reach(*, curve: Sequence[CurvePoint], target: float) -> float | None:
@@ -195,7 +253,8 @@ def goal_verdict(
     flat_tokens, target = flat_curve[-1]
     return GoalVerdict(goal=goal, target_accuracy=target, flat_tokens=flat_tokens,
                        tree_tokens=tokens_to_reach(curve=tree_curve, target=target),
-                       accuracy_gap=tree_curve[-1][1] - target)
+                       accuracy_gap=tree_curve[-1][1] - target,
+                       flat_improved=target > flat_curve[0][1] + REACH_TOLERANCE)
 
 
 def mean_curve(curves: Sequence[Sequence[CurvePoint]]) -> list[CurvePoint]:
@@ -232,9 +291,9 @@ def run_learn_bench(
                 for result in results:
                     run = _run_arm(
                         store=store, folder=Path(folder), settings=replace(settings, seed=seed),
-                        tree=arm_tree(arm=result.name, tree=settings.tree,
+                        spec=arm_spec(arm=result.name, tree=settings.tree,
                                       flat_generations=flat_generations),
-                        tag=f"learn-{result.name}-{seed}", curve_steps=curve_steps,
+                        tag=f"learn-{_slug(result.name)}-{seed}", curve_steps=curve_steps,
                         accuracy_before=before.accuracy)
                     result.runs.append(run)
                     on_message(f"{result.name} seed {seed}: {run.accuracy:.1%} after "
@@ -275,15 +334,21 @@ def _calibrate_flat(
     return generations
 
 
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
+
+
 def _run_arm(
-    *, store: Store, folder: Path, settings: TaskSettings, tree: TreeSettings, tag: str,
+    *, store: Store, folder: Path, settings: TaskSettings, spec: ArmSpec, tag: str,
     curve_steps: list[int], accuracy_before: float,
 ) -> ArmRun:
     """Train one arm for one seed, then evaluate its checkpoints at `curve_steps` (the first is
     the interval between them) and delete them."""
     output_dir = folder / tag
     summary = train_chained(store=store, output_dir=output_dir, settings=settings,
-                            run_name=f"{tag}-train", tree=tree, save_steps=curve_steps[0])
+                            run_name=f"{tag}-train", tree=spec.tree,
+                            optimization=spec.optimization, engine=spec.engine,
+                            save_steps=curve_steps[0])
     run_id = repository.find_run(store, summary.run_name).id
     tree_tokens = {grown.tree_id: grown.num_tokens
                    for grown in repository.list_trees(store, run_id=run_id)}

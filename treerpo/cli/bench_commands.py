@@ -274,7 +274,8 @@ def bench_learn(
                 "tree_tokens": goal.tree_tokens, "token_fraction": goal.token_fraction,
                 "max_token_fraction": goal.goal.max_token_fraction,
                 "accuracy_gap": goal.accuracy_gap,
-                "max_accuracy_deficit": goal.goal.max_accuracy_deficit, "met": goal.met},
+                "max_accuracy_deficit": goal.goal.max_accuracy_deficit,
+                "flat_improved": goal.flat_improved, "met": goal.met},
         })
         return
     flat_tokens = next((arm.tokens_mean for arm in result.arms if arm.name == "flat"), None)
@@ -328,6 +329,9 @@ def _learn_verdict(*, task: str, goal: GoalVerdict | None) -> str:
         reach = (f"tree reaches flat's final accuracy {goal.target_accuracy:.1%} at "
                  f"{goal.tree_tokens:,.0f} tokens = {fraction:.2f} × flat's "
                  f"{goal.flat_tokens:,.0f} (goal ≤ {wanted.max_token_fraction:.2f})")
+    if not goal.flat_improved:
+        reach = (f"flat ends at {goal.target_accuracy:.1%}, not above the start, so there is "
+                 "no gain to reach")
     final = f"tree's final accuracy {goal.accuracy_gap * 100:+.1f} points against flat's"
     if wanted.max_accuracy_deficit is not None:
         final += f" (goal ≥ {-wanted.max_accuracy_deficit * 100:.0f})"
