@@ -117,5 +117,5 @@ def test_task_profiles_leave_branching_to_the_library_defaults():
     long = task_settings("arith-long").tree
     assert (long.split_delimiters, long.min_segment_len, long.coverage_min_chars,
             long.coverage_children_max, long.max_depth, long.max_new_tokens) == \
-        (["= ", "\n"], 20, 40, 4, 5, 256)
+        (["= ", "\n"], 20, 40, 1, 5, 256)
     assert task_settings("arith").max_new_tokens == 80

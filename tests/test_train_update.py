@@ -149,9 +149,10 @@ def test_global_local_advantages_train_on_the_recomputed_advantages(tiny_model):
     # stored tree is left as it was.
     (tree,) = _trees(tiny_model, [[1, 1, 0, 0, 0]])
     stored = [node.advantage for node in tree.nodes]
-    local = _updater(tiny_model, learning_rate=0.0, lr_scheduler_type="constant").update([tree])
+    local = _updater(tiny_model, learning_rate=0.0, lr_scheduler_type="constant",
+                     loss_aggregation="group").update([tree])
     global_local = _updater(tiny_model, learning_rate=0.0, lr_scheduler_type="constant",
-                            advantage="global-local").update([tree])
+                            loss_aggregation="group", advantage="global-local").update([tree])
     assert [node.advantage for node in tree.nodes] == stored
     assert local["nonzero_group_share"] == pytest.approx(1 / 3)
     assert global_local["nonzero_group_share"] == 1.0

@@ -9,8 +9,8 @@ for the same steps, problems per step, learning rate and seeds:
   mean root-to-leaf path of the trees is no estimate of a free sample: paths that split more
   have more leaves, and on arith those are the long worked solutions.)
 - `tree`: TreeRPO with the library's defaults (resample branching, 4 root children).
-- `tree-forced`: the same with forced branching (the original release's rule), and as many root
-  children as `tree`.
+- `tree-forced`: the original release's algorithm: forced branching and one vote per sibling
+  group (`loss_aggregation=group`), with as many root children as `tree`.
 - variants, to choose defaults by measurement: `BASE:key=value[:key=value...]` changes a tree
   setting (`tree:root_children=2`, `tree:entropy_threshold=0.3`), the loss aggregation or the
   advantage (`tree:loss_aggregation=leaf`, `tree:advantage=global-local`) or the logprob
@@ -191,7 +191,8 @@ def arm_spec(*, arm: str, tree: TreeSettings, flat_generations: int) -> ArmSpec:
         "tree": {},
         "tree-forced": {"branching": "forced", "root_children": tree.resolved_root_children},
     }[base]
-    optimization: dict[str, Any] = {}
+    # tree-forced is the original release's algorithm: its loss gives every group one vote.
+    optimization: dict[str, Any] = {"loss_aggregation": "group"} if base == "tree-forced" else {}
     engine: dict[str, Any] = {}
     for change in changes:
         key, equals, value = change.partition("=")
@@ -282,7 +283,7 @@ def run_learn_bench(
                                  run_name="learn-eval-before")
             on_message(f"{settings.task}: greedy accuracy before {before.accuracy:.1%}")
             flat_generations = 0
-            if "flat" in arms:
+            if any(arm.split(":")[0] == "flat" for arm in arms):
                 flat_generations = _calibrate_flat(store=store, folder=Path(folder),
                                                    settings=settings, on_message=on_message)
             results = [ArmResult(arm, flat_generations if arm == "flat" else None)

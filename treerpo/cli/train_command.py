@@ -107,7 +107,7 @@ def train(
     epsilon: Epsilon = 0.2,
     epsilon_high: EpsilonHigh = None,
     num_iterations: NumIterations = 1,
-    loss_aggregation: LossAggregation = "group",
+    loss_aggregation: LossAggregation = "leaf",
     advantage: Advantage = "local",
     max_packed_tokens: MaxPackedTokens = None,
     gradient_checkpointing: GradientCheckpointing = False,
