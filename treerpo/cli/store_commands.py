@@ -55,13 +55,13 @@ def inspect(
     """Show one stored tree: each node's kind, tokens, reward / value / advantage, text.
 
     Every node shows its depth, kind, token count, reward (leaves), value and advantage
-    coloured by sign, the split entropy of nodes that split, and a text snippet (--full: the
-    whole text).
+    coloured by sign, the split entropy of nodes that split, `forced` when its first token was
+    forced as an alternative (--branching forced), and a text snippet (--full: the whole text).
 
     `--json` prints the stable interchange format: {"tree_id", "problem", "reference",
     "logprob_temperature", "root": NODE} with NODE = {"id", "depth", "kind", "text",
     "num_tokens", "token_ids", "logprobs", "split_entropy", "reward", "value", "advantage",
-    "children": [NODE...]}; unscored fields are null.
+    "forced", "children": [NODE...]}; unscored fields are null.
 
     Examples:
 
