@@ -5,9 +5,8 @@ from __future__ import annotations
 import statistics
 
 import pytest
+from test_arith_policy import greedy_results
 
-from treerpo.engines.base import GenerationRequest, SamplingSettings
-from treerpo.engines.hf import HFEngine
 from treerpo.engines.loading import load_policy, load_tokenizer
 from treerpo.errors import BadInputError
 from treerpo.policies import arith_long_policy_path
@@ -18,9 +17,6 @@ from treerpo.problems.sources import load_problems
 from treerpo.scoring.answers import extract_boxed
 from treerpo.scoring.verify import is_correct
 
-GREEDY = SamplingSettings(
-    temperature=0.0, top_p=None, top_k=None, min_p=None, repetition_penalty=None
-)
 # The difficulty arguments of `generate_arith` that `arith-long` sets.
 DIFFICULTY = {
     "min_ops": ARITH_LONG.min_ops,
@@ -142,15 +138,7 @@ def test_the_policy_loads_and_works_problems_out_to_a_boxed_answer(shipped_token
     policy = load_policy(str(arith_long_policy_path()), torch_dtype="float32", device="cpu")
     assert policy.config.model_type == "qwen2"
     test_rows = load_arith_long_split("test")[:10]
-    engine = HFEngine(policy, shipped_tokenizer, seed=0, batch_size=len(test_rows))
-    requests = [
-        GenerationRequest(
-            context_token_ids=build_prompt(shipped_tokenizer, row["problem"]).token_ids,
-            max_new_tokens=256,
-        )
-        for row in test_rows
-    ]
-    results = engine.generate(requests, sampling=GREEDY, topk=1)
+    results = greedy_results(policy, shipped_tokenizer, test_rows, max_new_tokens=256)
     assert all(result.finish_reason == "eos" for result in results)
     for result in results:
         completion = shipped_tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=True)

@@ -18,6 +18,19 @@ GREEDY = SamplingSettings(
 )
 
 
+def greedy_results(policy, tokenizer, rows, *, max_new_tokens: int):
+    """Greedy decoding of `rows`' problems, one batch, with the project's HF engine."""
+    engine = HFEngine(policy, tokenizer, seed=0, batch_size=len(rows))
+    requests = [
+        GenerationRequest(
+            context_token_ids=build_prompt(tokenizer, row["problem"]).token_ids,
+            max_new_tokens=max_new_tokens,
+        )
+        for row in rows
+    ]
+    return engine.generate(requests, sampling=GREEDY, topk=1)
+
+
 @pytest.fixture(scope="module")
 def arith_policy():
     policy_dir = str(arith_policy_path())
@@ -52,15 +65,7 @@ def test_the_policy_is_a_small_qwen2_with_the_chat_markers(arith_policy):
 def test_greedy_decoding_writes_boxed_answers(arith_policy):
     policy, tokenizer = arith_policy
     test_rows = load_arith_split("test")[:20]
-    engine = HFEngine(policy, tokenizer, seed=0, batch_size=20)
-    requests = [
-        GenerationRequest(
-            context_token_ids=build_prompt(tokenizer, row["problem"]).token_ids,
-            max_new_tokens=80,
-        )
-        for row in test_rows
-    ]
-    results = engine.generate(requests, sampling=GREEDY, topk=1)
+    results = greedy_results(policy, tokenizer, test_rows, max_new_tokens=80)
     completions = [
         tokenizer.decode(result.token_ids.tolist(), skip_special_tokens=True) for result in results
     ]

@@ -68,15 +68,19 @@ def test_epsilon_high_clips_asymmetrically():
     assert clip_higher["clip_fraction"] == 0.5
 
 
-def test_group_aggregation_weighs_groups_equally_token_aggregation_weighs_tokens():
-    # group 7: one token with loss -1; group 3: three tokens with loss +1 each (ratio 1).
+def two_groups() -> dict:
+    """Group 7: one token with loss -1; group 3: three tokens with loss +1 each (ratio 1)."""
     new = torch.full((4,), -1.0)  # (N,)
-    inputs = dict(
+    return dict(
         new_logprobs=new,
         behaviour_logprobs=new.clone(),
         advantages=torch.tensor([1.0, -1.0, -1.0, -1.0]),
         group_ids=torch.tensor([7, 3, 3, 3]),
     )
+
+
+def test_group_aggregation_weighs_groups_equally_token_aggregation_weighs_tokens():
+    inputs = two_groups()
     group_loss, metrics, group_grad = loss_and_grad(**inputs, aggregation="group")
     token_loss, _, token_grad = loss_and_grad(**inputs, aggregation="token")
     assert group_loss == pytest.approx((-1.0 + 1.0) / 2, abs=1e-6)
@@ -91,14 +95,7 @@ def test_group_aggregation_weighs_groups_equally_token_aggregation_weighs_tokens
 def test_leaf_aggregation_weighs_group_means_by_visitation_share():
     # group 7 (visited by every leaf, v = 1): one token, loss -1; group 3 (v = 0.25): three
     # tokens with loss +1 each. loss = (1 * -1 + 0.25 * 1) / 1.25.
-    new = torch.full((4,), -1.0)  # (N,)
-    inputs = dict(
-        new_logprobs=new,
-        behaviour_logprobs=new.clone(),
-        advantages=torch.tensor([1.0, -1.0, -1.0, -1.0]),
-        group_ids=torch.tensor([7, 3, 3, 3]),
-        group_visits=torch.tensor([1.0, 0.25, 0.25, 0.25]),
-    )
+    inputs = dict(two_groups(), group_visits=torch.tensor([1.0, 0.25, 0.25, 0.25]))
     loss, _, grad = loss_and_grad(**inputs, aggregation="leaf")
     assert loss == pytest.approx((-1.0 + 0.25) / 1.25)
     assert grad == pytest.approx([-1 / 1.25, 0.25 / 3 / 1.25, 0.25 / 3 / 1.25, 0.25 / 3 / 1.25])

@@ -29,6 +29,12 @@ TorchDtypeName = Literal["auto", "bfloat16", "float16", "float32"]
 LogprobTemperatureMode = Literal["raw", "sampling"]
 
 
+def slug(text: str) -> str:
+    """`text` as a lower-case name part: runs of anything but ASCII letters and digits become
+    one `-` (run names, folder names)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -54,7 +60,8 @@ class EngineConfig(_Strict):
     trust_remote_code: bool = False
     seed: int = 0
     # raw or sampling (see LogprobTemperatureMode); the value an engine is built with comes from
-    # `treerpo.engines.resolve_logprob_temperature`. "raw" until `bench learn` chooses.
+    # `treerpo.engines.resolve_logprob_temperature`. "raw": sampling did not learn better in
+    # `bench learn`'s pilots (README, "Learning"), and vLLM reports raw logprobs only.
     logprob_temperature: LogprobTemperatureMode = "raw"
     # HF engine: requests decoded together in one batch.
     generation_batch_size: int = Field(default=64, ge=1)
@@ -102,7 +109,7 @@ class GenerateConfig(_Strict):
         shaping["engine"] = {k: v for k, v in shaping["engine"].items()
                              if k in ("model", "seed", "torch_dtype", "logprob_temperature")}
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
-        stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.data.dataset).stem).strip("-").lower()
+        stem = slug(Path(self.data.dataset).stem)
         return f"{self.tree.rollout}-{stem or 'data'}-{self.data.split}-{digest}"
 
 
@@ -204,5 +211,5 @@ class TrainConfig(_Strict):
             "save_total_limit", "report_to"})
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
-        stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.output_dir).name).strip("-").lower()
+        stem = slug(Path(self.output_dir).name)
         return f"train-{stem or 'out'}-{digest}"

@@ -29,7 +29,6 @@ of flat's total tokens, against the task's goal.
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import statistics
 import tempfile
@@ -41,7 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from treerpo.bench.tasks import LearnGoal, TaskSettings
-from treerpo.config import EngineConfig, OptimizationConfig
+from treerpo.config import EngineConfig, OptimizationConfig, slug
 from treerpo.demo import greedy_eval, train_chained
 from treerpo.errors import BadInputError
 from treerpo.growth.settings import TreeSettings
@@ -294,7 +293,7 @@ def run_learn_bench(
                         store=store, folder=Path(folder), settings=replace(settings, seed=seed),
                         spec=arm_spec(arm=result.name, tree=settings.tree,
                                       flat_generations=flat_generations),
-                        tag=f"learn-{_slug(result.name)}-{seed}", curve_steps=curve_steps,
+                        tag=f"learn-{slug(result.name)}-{seed}", curve_steps=curve_steps,
                         accuracy_before=before.accuracy)
                     result.runs.append(run)
                     on_message(f"{result.name} seed {seed}: {run.accuracy:.1%} after "
@@ -333,10 +332,6 @@ def _calibrate_flat(
     on_message(f"tree: {per_problem['tree']:.0f} tokens per problem, a sample "
                f"{sample_tokens:.0f} → flat gets {generations} samples per problem")
     return generations
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-")
 
 
 def _run_arm(

@@ -212,12 +212,11 @@ class _Grower:
             if self.settings.rollout == "flat":
                 for _ in range(self.settings.num_generations):
                     pending.append(_PendingRequest(root.add_child(samples_freely=True), tree))
-            elif self.settings.branching == "resample":
-                pending.append(_PendingRequest(root.add_child(), tree, splits_root=True))
-                for _ in range(self.settings.resolved_root_children - 1):
-                    pending.append(_PendingRequest(root.add_child(), tree))
             else:
                 pending.append(_PendingRequest(root.add_child(), tree, splits_root=True))
+                if self.settings.branching == "resample":  # forced: from the first one's top-k
+                    for _ in range(self.settings.resolved_root_children - 1):
+                        pending.append(_PendingRequest(root.add_child(), tree))
         return pending
 
     def request_for(self, pending: _PendingRequest) -> GenerationRequest:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from treerpo.training.loss import Aggregation
+from treerpo.training.loss import AGGREGATIONS, Aggregation
 from treerpo.trees import Tree
 
 
@@ -54,8 +54,8 @@ def naive_tree_loss(
 
     Uses each tree's `logprob_temperature`; nodes without an advantage are skipped.
     """
-    if aggregation not in ("group", "token", "leaf"):
-        raise ValueError(f"aggregation must be 'group', 'token' or 'leaf', got {aggregation!r}")
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
     group_losses: list[Tensor] = []  # per group: sum of per-token losses
     group_sizes: list[int] = []

@@ -157,22 +157,23 @@ class PolicyUpdater:
         opt = self.optimization
         trees = [with_advantages(tree, mode=opt.advantage) for tree in trees]
         counts = [trained_counts(tree) for tree in trees]
+        # Each tree's part of the step's mean: its groups, tokens or visitation mass.
+        masses = [{"group": groups, "token": tokens, "leaf": visit_mass}[opt.loss_aggregation]
+                  for tokens, groups, visit_mass in counts]
         local = torch.tensor([
             sum(tokens for tokens, _, _ in counts),
             sum(groups for _, groups, _ in counts),
-            sum(visit_mass for _, _, visit_mass in counts),
+            sum(masses),
             len(trees),
             *rollout_sums(trees),
         ], dtype=torch.float64)
-        total_tokens, total_groups, total_visit_mass, num_trees, *rollout_totals = (
+        total_tokens, total_groups, total_mass, num_trees, *rollout_totals = (
             self._sum_over_processes(local).tolist())
-        denominator = {"group": total_groups, "token": total_tokens,
-                       "leaf": total_visit_mass}[opt.loss_aggregation]
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, kl x tokens
-        for tree, (tokens, groups, visit_mass) in zip(trees, counts, strict=True):
+        for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True):
             if tokens == 0:
                 continue
             with self._autocast():
@@ -184,8 +185,7 @@ class PolicyUpdater:
                 raise RuntimeError(f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} "
                                    f"tokens in {metrics['num_groups']} groups, expected {tokens} "
                                    f"in {groups}")
-            share = {"group": groups, "token": tokens,
-                     "leaf": visit_mass}[opt.loss_aggregation] / denominator
+            share = mass / total_mass
             (loss * share).backward()
             sums += torch.tensor([loss.item() * share, metrics["clip_fraction"] * tokens,
                                   metrics.get("kl", 0.0) * tokens], dtype=torch.float64)
