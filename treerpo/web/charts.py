@@ -1,0 +1,178 @@
+"""Inline SVG charts: line charts (one or more series over training steps) and histograms.
+
+Plain SVG text built on the server: no script, no library, readable from a saved file. Every
+point is a `<circle class="pt">` with its step and value as data attributes and a `<title>`
+tooltip, so a reader (or a test) can find each value in the DOM.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from treerpo.web.markup import attr, esc
+
+WIDTH, HEIGHT = 600, 250
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 30, 40
+SERIES_COLOURS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea")
+
+
+@dataclass(frozen=True)
+class Series:
+    label: str
+    points: Sequence[tuple[float, float]]  # (x, y); non-finite y are left out
+
+
+def nice_ticks(low: float, high: float, *, count: int = 5) -> list[float]:
+    """About `count` round tick values (1, 2 or 5 times a power of ten apart) covering
+    [low, high]."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return [0.0]
+    if high <= low:
+        pad = abs(low) * 0.1 or 1.0
+        low, high = low - pad, high + pad
+    raw = (high - low) / max(1, count)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.floor(low / step) * step
+    ticks = []
+    value = first
+    while value <= high + step * 0.5 and len(ticks) < 50:
+        ticks.append(round(value, 12))
+        value += step
+    if ticks[-1] < high:
+        ticks.append(round(ticks[-1] + step, 12))
+    return ticks
+
+
+def format_number(value: float) -> str:
+    """Short, readable tick and tooltip numbers: 0.25, 1.2k, 3e-05."""
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude >= 10_000:
+        return f"{value / 1000:.3g}k"
+    if magnitude < 1e-3:
+        return f"{value:.2g}"
+    return f"{value:.4g}"
+
+
+def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str = "step",
+               chart_id: str = "") -> str:
+    """An SVG line chart: axes with round ticks, the y unit in the axis label, one polyline
+    and one marked point per value of each series, a legend when there are several."""
+    finite = [(x, y) for one in series for x, y in one.points
+              if y is not None and math.isfinite(y)]
+    header = f'<figure class="chart" id="{attr(chart_id)}"><figcaption>{esc(title)}</figcaption>'
+    if not finite:
+        return header + '<p class="muted">no values recorded</p></figure>'
+    xs = [x for x, _ in finite]
+    ys = [y for _, y in finite]
+    x_ticks = nice_ticks(min(xs), max(xs))
+    y_ticks = nice_ticks(min(ys), max(ys))
+    x_low, x_high = x_ticks[0], x_ticks[-1]
+    y_low, y_high = y_ticks[0], y_ticks[-1]
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+
+    def sx(x: float) -> float:
+        return LEFT + (x - x_low) / ((x_high - x_low) or 1) * plot_w
+
+    def sy(y: float) -> float:
+        return TOP + plot_h - (y - y_low) / ((y_high - y_low) or 1) * plot_h
+
+    parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
+             f'role="img" aria-label="{attr(title)}">']
+    for tick in y_ticks:
+        y = sy(tick)
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
+                     f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
+                     f'text-anchor="end">{esc(format_number(tick))}</text>')
+    for tick in x_ticks:
+        x = sx(tick)
+        parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + plot_h}" '
+                     f'y2="{TOP + plot_h + 4}"/><text class="tick" x="{x:.1f}" '
+                     f'y="{TOP + plot_h + 17}" text-anchor="middle">'
+                     f'{esc(format_number(tick))}</text>')
+    parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" '
+                 f'y2="{TOP + plot_h}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" '
+                 f'y1="{TOP}" y2="{TOP + plot_h}"/>')
+    parts.append(f'<text class="label" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" '
+                 f'text-anchor="middle">{esc(x_label)}</text>')
+    parts.append(f'<text class="label" transform="translate(14 {TOP + plot_h / 2:.1f}) '
+                 f'rotate(-90)" text-anchor="middle">{esc(unit)}</text>')
+    for number, one in enumerate(series):
+        colour = SERIES_COLOURS[number % len(SERIES_COLOURS)]
+        points = [(x, y) for x, y in one.points if y is not None and math.isfinite(y)]
+        if not points:
+            continue
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+        parts.append(f'<polyline class="line" fill="none" stroke="{colour}" '
+                     f'stroke-width="1.6" points="{path}"/>')
+        radius = 2.5 if len(points) <= 200 else 1.2
+        for x, y in points:
+            parts.append(
+                f'<circle class="pt" data-series="{attr(one.label)}" data-x="{x:g}" '
+                f'data-y="{y!r}" cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="{radius}" '
+                f'fill="{colour}"><title>{esc(one.label)} · {esc(x_label)} {x:g}: '
+                f'{esc(format_number(y))}</title></circle>')
+        if len(series) > 1:
+            legend_x = LEFT + 8 + number * 150
+            parts.append(f'<rect x="{legend_x}" y="8" width="10" height="10" '
+                         f'fill="{colour}"/><text class="legend" x="{legend_x + 14}" y="17">'
+                         f'{esc(one.label)}</text>')
+    parts.append("</svg></figure>")
+    return header + "".join(parts)
+
+
+def histogram(*, title: str, unit: str, values: Sequence[float], bins: int = 10,
+              low: float | None = None, high: float | None = None,
+              chart_id: str = "") -> str:
+    """An SVG histogram of `values` over `bins` equal bins from `low` to `high` (default: the
+    values' range); each bar is a `<rect class="bar">` with its count."""
+    header = f'<figure class="chart" id="{attr(chart_id)}"><figcaption>{esc(title)}</figcaption>'
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    if not finite:
+        return header + '<p class="muted">no values recorded</p></figure>'
+    low = min(finite) if low is None else low
+    high = max(finite) if high is None else high
+    if high <= low:
+        high = low + 1.0
+    width = (high - low) / bins
+    counts = [0] * bins
+    for value in finite:
+        counts[min(bins - 1, max(0, int((value - low) / width)))] += 1
+    count_ticks = nice_ticks(0, max(counts))
+    top_count = count_ticks[-1] or 1
+    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
+    bar_w = plot_w / bins
+    parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
+             f'role="img" aria-label="{attr(title)}">']
+    for tick in count_ticks:
+        y = TOP + plot_h - tick / top_count * plot_h
+        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
+                     f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
+                     f'text-anchor="end">{esc(format_number(tick))}</text>')
+    for index, count in enumerate(counts):
+        left_edge = low + index * width
+        bar_h = count / top_count * plot_h
+        x = LEFT + index * bar_w
+        parts.append(
+            f'<rect class="bar" data-count="{count}" data-low="{left_edge:g}" '
+            f'x="{x + 1:.1f}" y="{TOP + plot_h - bar_h:.1f}" width="{bar_w - 2:.1f}" '
+            f'height="{bar_h:.1f}"><title>{esc(format_number(left_edge))} to '
+            f'{esc(format_number(left_edge + width))}: {count}</title></rect>')
+        if index % max(1, bins // 5) == 0 or index == bins - 1:
+            parts.append(f'<text class="tick" x="{x:.1f}" y="{TOP + plot_h + 17}" '
+                         f'text-anchor="middle">{esc(format_number(left_edge))}</text>')
+    parts.append(f'<text class="tick" x="{LEFT + plot_w:.1f}" y="{TOP + plot_h + 17}" '
+                 f'text-anchor="middle">{esc(format_number(high))}</text>')
+    parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" '
+                 f'y2="{TOP + plot_h}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" '
+                 f'y1="{TOP}" y2="{TOP + plot_h}"/>')
+    parts.append(f'<text class="label" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" '
+                 f'text-anchor="middle">{esc(unit)}</text>')
+    parts.append(f'<text class="label" transform="translate(14 {TOP + plot_h / 2:.1f}) '
+                 f'rotate(-90)" text-anchor="middle">count</text>')
+    parts.append("</svg></figure>")
+    return header + "".join(parts)
