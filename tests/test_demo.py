@@ -24,7 +24,12 @@ def test_short_demo_runs_end_to_end(tmp_path):
                      "--output-dir", str(out), "--db", db_url, "--json")
     assert result.exit_code == 0, result.stderr
     payload = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(payload) == {"accuracy_before", "accuracy_after", "steps", "seconds"}
+    assert set(payload) == {"accuracy_before", "accuracy_after", "steps", "seconds",
+                            "report_html", "tree_html"}
+    assert payload["report_html"] == str(out / "report.html")
+    assert payload["tree_html"] == str(out / "tree.html")
+    assert "<svg" in (out / "report.html").read_text(encoding="utf-8")
+    assert 'id="tree-data"' in (out / "tree.html").read_text(encoding="utf-8")
     assert payload["steps"] == 1
     assert 0.0 <= payload["accuracy_before"] <= 1.0
     assert 0.0 <= payload["accuracy_after"] <= 1.0
@@ -46,6 +51,8 @@ def test_demo_prints_the_on_policy_reward_per_step_and_the_before_after_table(tm
     assert any(line.startswith("on-policy reward per step  ") for line in lines)
     for row in ("shipped policy (before)", "after 1 TreeRPO steps", "change"):
         assert row in result.stdout
+    assert f"run report: {tmp_path / 'out' / 'report.html'}" in lines
+    assert any(line.startswith(f"tree page:  {tmp_path / 'out' / 'tree.html'}") for line in lines)
 
 
 def test_cli_defaults_match_the_arith_task():

@@ -28,6 +28,7 @@ from treerpo.cli import (
     score_command,
     store_commands,
     train_command,
+    web_commands,
 )
 from treerpo.errors import TreerpoError
 
@@ -63,6 +64,7 @@ bench_commands.register(app)
 demo_command.register(app)
 eval_command.register(app)
 train_command.register(app)
+web_commands.register(app)
 
 
 def _wants_debug(args: Sequence[str]) -> bool:

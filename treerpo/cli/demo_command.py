@@ -57,8 +57,10 @@ def demo(
     greedy accuracy after, a before/after table (with the share of answers that are worked
     out rather than answered at once), the curve of the on-policy reward (the mean reward of
     the leaves the policy sampled itself) per step, and the ids of a few trees to look at
-    with `treerpo inspect`. Training uses deterministic kernels: the same seed on the same
-    machine and thread count prints the same figures. About 4 minutes on 2 cores.
+    with `treerpo inspect`; it ends by writing the train run's report and one tree's page as
+    HTML (`OUTPUT_DIR/report.html`, `OUTPUT_DIR/tree.html`) and printing their paths. Training
+    uses deterministic kernels: the same seed on the same machine and thread count prints the
+    same figures. About 4 minutes on 2 cores.
 
     Examples:
 
@@ -86,10 +88,12 @@ def demo(
     with store_at(db) as store:
         result = run_demo(store=store, output_dir=output_dir, settings=settings,
                           on_message=say, on_step=on_step)
+        report_path, tree_path = write_demo_pages(store, result=result, folder=output_dir)
     if json_output:
         print_json({"accuracy_before": result.accuracy_before,
                     "accuracy_after": result.accuracy_after, "steps": result.steps,
-                    "seconds": round(result.seconds, 1)})
+                    "seconds": round(result.seconds, 1), "report_html": str(report_path),
+                    "tree_html": None if tree_path is None else str(tree_path)})
         return
     table = Table(title=f"treerpo demo · {eval_problems} held-out arith problems, greedy")
     for column in ("", "accuracy", "worked out"):
@@ -114,6 +118,24 @@ def demo(
     console.print(f"trees to look at: {', '.join(map(str, sample))}  "
                   f"(treerpo inspect {sample[-1] if sample else 'ID'})", highlight=False)
     console.print(f"trained policy: {result.output_dir} · {result.seconds:.0f} s", highlight=False)
+    console.print(f"run report: {report_path}", highlight=False, soft_wrap=True)
+    if tree_path is not None:
+        console.print(f"tree page:  {tree_path}  (open both in a browser; `treerpo serve` "
+                      "browses the whole store)", highlight=False, soft_wrap=True)
+
+
+def write_demo_pages(store, *, result, folder: Path) -> tuple[Path, Path | None]:
+    """The train run's report (with the pages of its first and last step's trees) and the
+    page of the last tree it trained on, written into `folder`."""
+    from treerpo.web.export import write_run_report, write_tree_page
+
+    report_path = write_run_report(store, run_name=result.train_run,
+                                   path=folder / "report.html")[0]
+    tree_path = None
+    if result.tree_ids:
+        tree_path = write_tree_page(store, tree_id=result.tree_ids[-1],
+                                    path=folder / "tree.html")
+    return report_path, tree_path
 
 
 def register(app: typer.Typer) -> None:

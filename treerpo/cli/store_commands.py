@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -51,6 +52,13 @@ def inspect(
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Show whole texts, not snippets.")] = False,
     json_output: JsonOption = False,
+    html: Annotated[Path | None, typer.Option(
+        "--html", help="Write the tree as one self-contained HTML page to this file instead.")
+    ] = None,
+    tokenizer: Annotated[str | None, typer.Option(
+        "--tokenizer", help="With --html: tokenizer for the token texts of logprob shading "
+        "(local folder or cached hub id, never downloaded; default: the run's model; `none`: "
+        "token positions).")] = None,
 ) -> None:
     """Show one stored tree: each node's kind, tokens, reward / value / advantage, text.
 
@@ -63,6 +71,12 @@ def inspect(
     "num_tokens", "token_ids", "logprobs", "split_entropy", "reward", "value", "advantage",
     "forced", "children": [NODE...]}; unscored fields are null.
 
+    `--html FILE` writes a page to open in a browser (no network needed): the tree drawn as
+    collapsible rows coloured by value, with reward, advantage, split entropy, tokens,
+    forced/sampled and finish reason; click a node to read its whole completion from the root
+    (a leaf: with the extracted answer and the reference), tokens shaded by behaviour logprob
+    on demand. `FILE#node=N` opens with node N selected.
+
     Examples:
 
         treerpo inspect 1
@@ -70,7 +84,16 @@ def inspect(
         treerpo inspect 1 --max-depth 2
 
         treerpo inspect 1 --json > tree1.json
+
+        treerpo inspect 1 --html tree1.html && xdg-open tree1.html
     """
+    if html is not None:
+        from treerpo.web.export import write_tree_page
+
+        with store_at(db) as store:
+            path = write_tree_page(store, tree_id=tree_id, path=html, tokenizer=tokenizer)
+        typer.echo(f"tree page: {path}")
+        return
     with store_at(db) as store:
         tree = repository.load_tree(store, tree_id)
     if json_output:

@@ -428,16 +428,20 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
     trained: set[int] = set()
     batch_index, batch_ids, shard = -1, [], []
     while step < total_steps:
+        growth_seconds = 0.0  # chained training grows the batch's trees here
         if step // opt.num_iterations != batch_index:
             batch_index = step // opt.num_iterations
+            growth_started = time.perf_counter()
             batch_ids = source.batch_tree_ids(batch_index)
+            growth_seconds = time.perf_counter() - growth_started
             shard = repository.load_trees(
                 store, batch_ids[accelerator.process_index::accelerator.num_processes])
         metrics = updater.update(shard)
         source.after_update(model)
         step += 1
         trained.update(batch_ids)
-        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics}
+        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics,
+                   "growth_seconds": growth_seconds}
         if main:
             repository.record_train_step(store, run_id=run_id, step=step, metrics=metrics,
                                          tree_ids=batch_ids)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -171,17 +172,23 @@ def token_pieces_from(tokenizer, tree: Tree) -> TokenPieces:
     return TokenPieces(pieces=pieces, note="decoded with the run's tokenizer")
 
 
+@cache
+def _offline_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name, local_files_only=True)
+
+
 def load_token_pieces(tree: Tree, *, tokenizer_name: str | None) -> TokenPieces:
     """Token texts from `tokenizer_name` (a local folder or a hub id already in the cache;
-    nothing is downloaded). Without one, or if it cannot load, the page shows positions."""
+    nothing is downloaded; loaded once per process). Without one, or if it cannot load, the
+    page shows token positions."""
     if not tokenizer_name:
         return TokenPieces(pieces=None, note="no tokenizer given")
     if tree.num_completion_tokens > MAX_PIECE_TOKENS:
         return TokenPieces(pieces=None, note=f"more than {MAX_PIECE_TOKENS} tokens")
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, local_files_only=True)
+        tokenizer = _offline_tokenizer(tokenizer_name)
     except (OSError, ValueError, ImportError) as error:
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         return TokenPieces(pieces=None, note=f"tokenizer {tokenizer_name!r} not loadable "
