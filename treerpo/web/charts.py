@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from treerpo.web.markup import attr, esc
 
-WIDTH, HEIGHT = 600, 250
+WIDTH, HEIGHT = 560, 240
 LEFT, RIGHT, TOP, BOTTOM = 64, 16, 30, 40
 SERIES_COLOURS = ("#2563eb", "#ea580c", "#16a34a", "#9333ea")
 
@@ -29,9 +29,9 @@ def nice_ticks(low: float, high: float, *, count: int = 5) -> list[float]:
     [low, high]."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return [0.0]
-    if high <= low:
+    if high <= low:  # one value: a band around it (from 0 when it is not negative)
         pad = abs(low) * 0.1 or 1.0
-        low, high = low - pad, high + pad
+        low, high = (max(0.0, low - pad) if low >= 0 else low - pad), high + pad
     raw = (high - low) / max(1, count)
     power = 10 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
@@ -54,7 +54,8 @@ def format_number(value: float) -> str:
     if magnitude >= 10_000:
         return f"{value / 1000:.3g}k"
     if magnitude < 1e-3:
-        return f"{value:.2g}"
+        mantissa, exponent = f"{value:.2e}".split("e")
+        return f"{float(mantissa):g}e{int(exponent)}"
     return f"{value:.4g}"
 
 
@@ -107,8 +108,11 @@ def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str 
         if not points:
             continue
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+        # Later series dashed: two equal series (on-policy = all-leaf reward under resample
+        # branching) stay visible as one line drawn over the other.
+        dash = ' stroke-dasharray="6 4"' if number else ""
         parts.append(f'<polyline class="line" fill="none" stroke="{colour}" '
-                     f'stroke-width="1.6" points="{path}"/>')
+                     f'stroke-width="1.6"{dash} points="{path}"/>')
         radius = 2.5 if len(points) <= 200 else 1.2
         for x, y in points:
             parts.append(
@@ -117,7 +121,8 @@ def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str 
                 f'fill="{colour}"><title>{esc(one.label)} · {esc(x_label)} {x:g}: '
                 f'{esc(format_number(y))}</title></circle>')
         if len(series) > 1:
-            legend_x = LEFT + 8 + number * 150
+            legend_x = LEFT + 8 + sum(28 + 6.5 * len(earlier.label)
+                                      for earlier in series[:number])
             parts.append(f'<rect x="{legend_x}" y="8" width="10" height="10" '
                          f'fill="{colour}"/><text class="legend" x="{legend_x + 14}" y="17">'
                          f'{esc(one.label)}</text>')
