@@ -239,7 +239,11 @@
     showAncestors(index);
     const row = rows.get(index).firstChild;
     row.classList.add("selected");
-    row.scrollIntoView({ block: "nearest" });
+    // Scroll the tree's own box, not the page, so the header and the panel stay in view.
+    const box = document.getElementById("tree");
+    if (row.offsetTop < box.scrollTop || row.offsetTop + row.offsetHeight > box.scrollTop + box.clientHeight) {
+      box.scrollTop = row.offsetTop - box.clientHeight / 2;
+    }
     renderPanel(index);
     html.dataset.selected = String(index);
   }
@@ -254,8 +258,10 @@
     };
   }
   function setState(index, tokens) {
+    // pushState: the page updates at once (hashchange would come later) and Back still works.
     const hash = "#node=" + index + (tokens ? "&tokens=1" : "");
-    if (location.hash === hash) applyState(); else location.hash = hash;
+    if (location.hash !== hash) history.pushState(null, "", hash);
+    applyState();
   }
   function applyState() {
     const state = readState();
@@ -263,6 +269,7 @@
     if (state.node !== null) select(state.node);
   }
   window.addEventListener("hashchange", applyState);
+  window.addEventListener("popstate", applyState);
   shadeBox.addEventListener("change", function () {
     if (selected === null) return;
     setState(selected, shadeBox.checked);
