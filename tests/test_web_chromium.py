@@ -26,7 +26,8 @@ from treerpo.web.markup import esc
 from treerpo.web.server import run_href
 from treerpo.web.tree_page import render_tree_page
 
-HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+HIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e"
+                    "\u2060-\u2069\ufeff]")
 
 
 def shown(text: str) -> str:
