@@ -111,6 +111,11 @@ def test_histogram_counts_every_value_once():
     counts = [int(count) for count in re.findall(r'data-count="(\d+)"', svg)]
     assert len(counts) == 10 and sum(counts) == len(values)
     assert counts[0] == 2 and counts[5] == 1 and counts[9] == 3
+    whole = histogram(title="h", unit="u", values=[3, 3, 4, 30], bins=10)
+    edges = [float(edge) for edge in re.findall(r'data-low="([^"]+)"', whole)]
+    counts = [int(count) for count in re.findall(r'data-count="(\d+)"', whole)]
+    assert all(edge.is_integer() for edge in edges) and sum(counts) == 4
+    assert counts[0] == 3 and counts[-1] == 1  # 3..5 together, 30 in the last bin
 
 
 @pytest.mark.parametrize(("low", "high"), [(0.0, 1.0), (0.0002, 0.0002), (-3.2, 17.0),
@@ -140,6 +145,8 @@ def test_generate_and_eval_reports_escape_model_and_dataset_text(web):
         assert "<script>document" not in page and "<img" not in page
     eval_page = render_run_report(web.store, web.eval_run)
     assert len(re.findall(r'<tr class="failure">', eval_page)) == 1
+    records = re.search(r'<table class="data" id="records">.*?</table>', eval_page, re.S)
+    assert records is not None and records.group(0).count("<tr>") == 3  # head + 2 records
     assert re.search(r'<td class="accuracy">50\.0%</td>', eval_page)
 
 

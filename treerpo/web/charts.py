@@ -134,20 +134,29 @@ def histogram(*, title: str, unit: str, values: Sequence[float], bins: int = 10,
               low: float | None = None, high: float | None = None,
               chart_id: str = "") -> str:
     """An SVG histogram of `values` over `bins` equal bins from `low` to `high` (default: the
-    values' range); each bar is a `<rect class="bar">` with its count."""
+    values' range; whole-number values get whole-number bins); each bar is a
+    `<rect class="bar">` with its count."""
     header = f'<figure class="chart" id="{attr(chart_id)}"><figcaption>{esc(title)}</figcaption>'
     finite = [value for value in values if value is not None and math.isfinite(value)]
     if not finite:
         return header + '<p class="muted">no values recorded</p></figure>'
     low = min(finite) if low is None else low
     high = max(finite) if high is None else high
-    if high <= low:
-        high = low + 1.0
-    width = (high - low) / bins
+    whole = all(float(value).is_integer() for value in finite) and float(low).is_integer()
+    if whole:  # counts, lengths: bins of whole numbers, the last one holding `high`
+        width = float(max(1, math.ceil((high - low + 1) / bins)))
+        bins = max(1, math.ceil((high - low + 1) / width))
+        high = low + bins * width
+    else:
+        if high <= low:
+            high = low + 1.0
+        width = (high - low) / bins
     counts = [0] * bins
     for value in finite:
         counts[min(bins - 1, max(0, int((value - low) / width)))] += 1
-    count_ticks = nice_ticks(0, max(counts))
+    top = max(counts)
+    count_ticks = (list(range(top + 1)) if top <= 5
+                   else [tick for tick in nice_ticks(0, top) if float(tick).is_integer()])
     top_count = count_ticks[-1] or 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bar_w = plot_w / bins
@@ -160,18 +169,24 @@ def histogram(*, title: str, unit: str, values: Sequence[float], bins: int = 10,
                      f'text-anchor="end">{esc(format_number(tick))}</text>')
     for index, count in enumerate(counts):
         left_edge = low + index * width
+        span = (f"{format_number(left_edge)}" if whole and width == 1 else
+                f"{format_number(left_edge)} to {format_number(left_edge + width - 1)}"
+                if whole else
+                f"{format_number(left_edge)} to {format_number(left_edge + width)}")
         bar_h = count / top_count * plot_h
         x = LEFT + index * bar_w
         parts.append(
             f'<rect class="bar" data-count="{count}" data-low="{left_edge:g}" '
-            f'x="{x + 1:.1f}" y="{TOP + plot_h - bar_h:.1f}" width="{bar_w - 2:.1f}" '
-            f'height="{bar_h:.1f}"><title>{esc(format_number(left_edge))} to '
-            f'{esc(format_number(left_edge + width))}: {count}</title></rect>')
-        if index % max(1, bins // 5) == 0 or index == bins - 1:
-            parts.append(f'<text class="tick" x="{x:.1f}" y="{TOP + plot_h + 17}" '
-                         f'text-anchor="middle">{esc(format_number(left_edge))}</text>')
-    parts.append(f'<text class="tick" x="{LEFT + plot_w:.1f}" y="{TOP + plot_h + 17}" '
-                 f'text-anchor="middle">{esc(format_number(high))}</text>')
+            f'x="{x + 1:.1f}" y="{TOP + plot_h - bar_h:.1f}" width="{max(bar_w - 2, 1):.1f}" '
+            f'height="{bar_h:.1f}"><title>{esc(span)}: {count}</title></rect>')
+    # Round ticks along the value axis (bar edges are rarely round numbers).
+    for tick in nice_ticks(low, high):
+        if low <= tick <= high and (not whole or float(tick).is_integer()):
+            x = LEFT + (tick - low) / (high - low) * plot_w
+            parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + plot_h}" '
+                         f'y2="{TOP + plot_h + 4}"/><text class="tick" x="{x:.1f}" '
+                         f'y="{TOP + plot_h + 17}" text-anchor="middle">'
+                         f'{esc(format_number(tick))}</text>')
     parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" '
                  f'y2="{TOP + plot_h}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" '
                  f'y1="{TOP}" y2="{TOP + plot_h}"/>')

@@ -27,6 +27,8 @@ from treerpo.web.markup import attr, esc, page
 TreeHref = Callable[[int], "str | None"]
 # Failures listed with their completions on an eval page; the rest are counted.
 MAX_FAILURES = 200
+# Records listed (one line each) on an eval page.
+MAX_RECORD_ROWS = 5000
 # Trees listed on a generate page.
 MAX_TREE_ROWS = 1000
 
@@ -232,6 +234,16 @@ def eval_report_body(run: RunRow, records: Sequence[repository.StoredEvalResult]
             "</details></td></tr>")
     more = (f'<p class="muted">first {MAX_FAILURES} of {len(failures)} failures</p>'
             if len(failures) > MAX_FAILURES else "")
+    record_rows = "".join(
+        f'<tr><td>{record.row_index}</td><td class="text">{esc(record.mode)}</td>'
+        f'<td class="text usertext">{esc(_short(record.problem))}</td>'
+        f'<td class="text usertext mono">{esc(record.reference)}</td>'
+        f'<td class="text usertext mono">{esc("–" if record.vote is None else record.vote)}</td>'
+        f'<td>{"<span class=ok>yes</span>" if record.correct else "<span class=bad>no</span>"}'
+        f"</td><td>{record.num_tokens}</td></tr>"
+        for record in records[:MAX_RECORD_ROWS])
+    more_records = (f'<p class="muted">first {MAX_RECORD_ROWS} of {len(records)} records</p>'
+                    if len(records) > MAX_RECORD_ROWS else "")
     chart = histogram(title="Completion tokens per record", unit="completion tokens",
                       values=[float(record.num_tokens) for record in records], bins=12,
                       chart_id="chart-tokens")
@@ -244,7 +256,10 @@ def eval_report_body(run: RunRow, records: Sequence[repository.StoredEvalResult]
         '<table class="data" id="failures"><thead><tr><th>row</th><th class="text">mode</th>'
         '<th class="text">problem</th><th class="text">reference</th><th class="text">vote</th>'
         f'<th class="text">completions</th></tr></thead><tbody>{"".join(failure_rows)}'
-        "</tbody></table>"
+        f"</tbody></table><h2>Records ({len(records)})</h2>{more_records}"
+        '<table class="data" id="records"><thead><tr><th>row</th><th class="text">mode</th>'
+        '<th class="text">problem</th><th class="text">reference</th><th class="text">vote'
+        f"</th><th>correct</th><th>tokens</th></tr></thead><tbody>{record_rows}</tbody></table>"
     )
 
 
