@@ -56,8 +56,9 @@
       span.textContent = label + "=–";
       span.classList.add("zero");
     } else {
-      span.textContent = label + "=" + (value > 0 ? "+" : "") + value.toFixed(digits);
-      span.classList.add(value > 0 ? "pos" : value < 0 ? "neg" : "zero");
+      const shown = Number(value.toFixed(digits));  // no "-0.00" for a tiny negative
+      span.textContent = label + "=" + (shown > 0 ? "+" : "") + (shown === 0 ? 0 : shown).toFixed(digits);
+      span.classList.add(shown > 0 ? "pos" : shown < 0 ? "neg" : "zero");
     }
     return span;
   }
@@ -74,6 +75,7 @@
 
   function rowFor(index) {
     const item = document.createElement("li");
+    item.className = "closed";
     item.dataset.node = String(index);
     const row = el("div", "row");
     row.dataset.node = String(index);
@@ -111,6 +113,7 @@
       built.add(index);
     }
     item.lastChild.hidden = false;
+    item.classList.remove("closed");
     item.firstChild.firstChild.textContent = "▾";
     open.add(index);
   }
@@ -118,6 +121,7 @@
     const item = rows.get(index);
     if (!item || !built.has(index)) return;
     item.lastChild.hidden = true;
+    item.classList.add("closed");
     item.firstChild.firstChild.textContent = "▸";
     open.delete(index);
   }
@@ -239,11 +243,11 @@
     showAncestors(index);
     const row = rows.get(index).firstChild;
     row.classList.add("selected");
-    // Scroll the tree's own box, not the page, so the header and the panel stay in view.
-    const box = document.getElementById("tree");
-    if (row.offsetTop < box.scrollTop || row.offsetTop + row.offsetHeight > box.scrollTop + box.clientHeight) {
-      box.scrollTop = row.offsetTop - box.clientHeight / 2;
-    }
+    // Scroll the row into the tree's own box; the page itself stays where it was, so the
+    // header and the panel stay in view.
+    const pageX = window.scrollX, pageY = window.scrollY;
+    row.scrollIntoView({ block: "center" });
+    window.scrollTo(pageX, pageY);
     renderPanel(index);
     html.dataset.selected = String(index);
   }
