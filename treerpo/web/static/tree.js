@@ -198,7 +198,7 @@
     if (isLeaf) {
       const reward = get(index, "reward");
       fact(facts, "reward", fixed(reward, 2), reward === null ? null : reward > 0 ? "ok" : "bad");
-      fact(facts, "extracted answer", get(index, "answer") === null ? "(no \\boxed{} answer)" : get(index, "answer"), "usertext mono");
+      fact(facts, "extracted answer (last \\boxed{})", get(index, "answer") === null ? "(no \\boxed{} answer)" : get(index, "answer"), "usertext mono");
       fact(facts, "reference", data.reference, "usertext mono");
     }
     fact(facts, "value", fixed(get(index, "value"), 3));
