@@ -151,7 +151,7 @@ def render_tree_page(
         f'<button id="collapse" type="button">collapse below depth {depth}</button>'
         '<button id="first-correct" type="button">first correct leaf</button>'
         '<label><input id="shade" type="checkbox"> shade tokens by behaviour logprob '
-        '(darker = less likely)</label></div>'
+        '(darker = lower; darkest at −4 nats or below)</label></div>'
         '<div id="tree" class="treebox"></div></section>'
         '<aside id="panel" class="panel"><p class="muted">Click a node to read its completion '
         "from the root; a leaf shows the answer the grader extracted and the reference."

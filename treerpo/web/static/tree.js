@@ -183,8 +183,9 @@
       const logprob = -bytes.charCodeAt(position) / data.logprob_scale;
       const text = pieces ? pieces[position] : "⟨" + position + "⟩";
       const span = el("span", "tok", text);
-      const surprise = Math.min(1, Math.max(0, 1 - Math.exp(logprob)));
-      span.style.background = "rgba(220,38,38," + (0.05 + 0.75 * surprise).toFixed(3) + ")";
+      // Shade grows with -logprob, darkest from -4 nats (p ≈ 0.02) down.
+      const surprise = Math.min(1, -logprob / 4);
+      span.style.background = "rgba(220,38,38," + (0.04 + 0.76 * surprise).toFixed(3) + ")";
       span.title = "logprob ≈ " + logprob.toFixed(2) + " · p ≈ " + Math.exp(logprob).toFixed(3);
       container.appendChild(span);
     }
@@ -212,7 +213,7 @@
     panel.appendChild(facts);
     panel.appendChild(el("h2", null, index === 0 ? "Prompt" :
       "Completion, root to this node (" + (pathTo(index).length - 1) + " segments)"));
-    const text = el("div", "completion");
+    const text = el("div", shading() ? "completion shaded" : "completion");
     text.id = "completion";
     if (index === 0) {
       appendText(text, get(0, "text"));
