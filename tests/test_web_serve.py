@@ -18,6 +18,7 @@ import pytest
 from web_store import MARKER, build_web_store
 
 from treerpo.store.database import Store, open_store
+from treerpo.web.markup import content_security_policy, static_text
 from treerpo.web.server import make_server, run_href
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,11 @@ def test_every_page_answers_and_unknown_ids_are_404(web):
         assert status == 200
         for tree in (web.injection_tree, web.plain_tree):
             assert f'href="/trees/{tree.tree_id}"' in trees
-            status, page, _ = fetch(url + f"/trees/{tree.tree_id}")
+            status, page, headers = fetch(url + f"/trees/{tree.tree_id}")
             assert status == 200 and 'id="tree-data"' in page
+            # The header allows the page's own script (by its hash) and nothing else.
+            policy = headers["Content-Security-Policy"]
+            assert policy == content_security_policy(static_text("tree.js"))
             assert f"<script>document.documentElement.dataset.{MARKER}" not in page
         for missing in ("/trees/999999", "/runs/no-such-run", "/trees/abc", "/nothing",
                         "/runs", "/trees/1/extra", "/trees/%C2%B2"):

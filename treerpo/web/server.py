@@ -13,9 +13,11 @@ Ctrl-C like any blocking loop.
 
 from __future__ import annotations
 
+import re
 import sys
 import traceback
 from collections.abc import Callable
+from html import unescape
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
@@ -178,13 +180,14 @@ def make_handler(pages: StorePages, *, log: Callable[[str], None]):
     return Handler
 
 
+_META_CSP = re.compile(r'<meta http-equiv="Content-Security-Policy" content="([^"]*)">')
+
+
 def _csp_of(html: str) -> str:
-    """The page's own policy (it allows exactly the page's inline script), as a header too."""
-    start = html.find("<script>")
-    if start < 0:
-        return content_security_policy(None)
-    end = html.rindex("</script>")
-    return content_security_policy(html[start + len("<script>"):end])
+    """The policy `markup.page` put in the page's head (it allows exactly the page's own
+    script), sent as a header too; the strictest one if the page has none."""
+    match = _META_CSP.search(html, 0, 2000)
+    return unescape(match.group(1)) if match else content_security_policy(None)
 
 
 def _message_page(title: str, message: str) -> str:
