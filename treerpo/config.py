@@ -143,6 +143,7 @@ class GenerateConfig(_Strict):
 LossAggregation = Literal["group", "token", "leaf"]
 AdvantageMode = Literal["local", "global-local"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
+SaveDtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 # transformers `get_scheduler` names that need nothing beyond warmup and total steps.
 SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                    "constant_with_warmup", "inverse_sqrt")
@@ -200,6 +201,10 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(default=10, ge=1)
     report_to: ReportTo = "none"
     resume_from_checkpoint: str | None = None
+    # Replay: train on trees another policy grew (`treerpo.provenance`), with a warning.
+    allow_off_policy: bool = False
+    # dtype of the saved checkpoints and final model; auto = the base model's (its config.json).
+    save_dtype: SaveDtypeName = "auto"
 
     @field_validator("output_dir")
     @classmethod
@@ -233,7 +238,7 @@ class TrainConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={
             "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
-            "save_total_limit", "report_to"})
+            "save_total_limit", "report_to", "allow_off_policy", "save_dtype"})
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.output_dir).name)
