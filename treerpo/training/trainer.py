@@ -495,7 +495,7 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
         if step % config.save_steps == 0:
             path = _save(accelerator=accelerator, output_dir=output_dir, step=step, model=model,
                          tokenizer=tokenizer, updater=updater, config=config,
-                         total_steps=total_steps, batch_ids=batch_ids, epoch=metrics["epoch"],
+                         total_steps=total_steps, batch_ids=batch_ids,
                          batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing)
             if main:
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
@@ -549,7 +549,7 @@ class Checkpointing:
 
 
 def _save(*, accelerator, output_dir: Path, step: int, model, tokenizer, updater: PolicyUpdater,
-          config: TrainConfig, total_steps: int, batch_ids: list[int], epoch: float,
+          config: TrainConfig, total_steps: int, batch_ids: list[int],
           batches_per_epoch: int, checkpointing: Checkpointing) -> Path:
     from accelerate.utils import gather_object
 
@@ -562,7 +562,7 @@ def _save(*, accelerator, output_dir: Path, step: int, model, tokenizer, updater
             output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
             optimizer=updater.optimizer, scheduler=updater.scheduler,
             trainer_state=checkpoints.hf_trainer_state(
-                global_step=step, max_steps=total_steps, epoch=epoch,
+                global_step=step, max_steps=total_steps, epoch=step / steps_per_epoch,
                 num_train_epochs=math.ceil(total_steps / steps_per_epoch),
                 log_history=checkpointing.log_history, logging_steps=config.logging_steps,
                 save_steps=config.save_steps,
