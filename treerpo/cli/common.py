@@ -24,7 +24,8 @@ DbOption = Annotated[
     typer.Option(
         "--db",
         envvar="TREERPO_DB",
-        help="Store URL: sqlite:///PATH (folder created) or postgresql+psycopg://USER@HOST/DB.",
+        help="Store URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB. Commands that "
+        "write create it and print it first; read-only ones refuse a missing store.",
         show_default=True,
     ),
 ]

@@ -364,11 +364,11 @@ def _run_training(
     trees_per_step = opt.per_device_train_batch_size * opt.gradient_accumulation_steps
     trees_per_step *= accelerator.num_processes
     config_json = config.model_dump(mode="json")
+    tokenizer = load_tokenizer(config.engine.model,
+                               trust_remote_code=config.engine.trust_remote_code)
     save_dtype = checkpoints.resolve_save_dtype(
         config.save_dtype, base_model=config.engine.model,
         trust_remote_code=config.engine.trust_remote_code)
-    tokenizer = load_tokenizer(config.engine.model,
-                               trust_remote_code=config.engine.trust_remote_code)
 
     replay_ids: list[int] = []
     if config.chained:
