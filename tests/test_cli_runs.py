@@ -61,7 +61,7 @@ def test_runs_lists_every_run_with_its_counts(three_kinds_of_runs, tiny_model_di
     assert max(len(line) for line in lines) <= 80
     for name, holds in (("gsm8k-trees", "2 trees"), ("replay-1", "2 steps"),
                         ("eval-tiny", "2 records")):
-        [row] = [line for line in lines if line.startswith(name)]
+        [row] = [line for line in lines if line.strip().startswith(name)]
         assert holds in row and "finished" in row, row
 
 
