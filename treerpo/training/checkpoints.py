@@ -203,6 +203,7 @@ def hf_trainer_state(
     logging_steps: int,
     save_steps: int,
     train_batch_size: int,
+    eval_steps: int | None = None,
 ) -> dict[str, Any]:
     """`trainer_state.json` in the schema of transformers' `TrainerState` (every field, so
     `TrainerState.load_from_json` and tools that read HF checkpoints accept it)."""
@@ -211,7 +212,7 @@ def hf_trainer_state(
         "best_metric": None,
         "best_model_checkpoint": None,
         "epoch": epoch,
-        "eval_steps": save_steps,
+        "eval_steps": eval_steps,  # None: no evaluation during training
         "global_step": global_step,
         "is_hyper_param_search": False,
         "is_local_process_zero": True,
