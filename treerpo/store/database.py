@@ -69,7 +69,7 @@ def display_url(url: str) -> str:
     parsed = parse_db_url(url)
     path = sqlite_path(parsed)
     if path is not None:
-        return f"sqlite:///{path.expanduser().absolute()}"
+        return f"sqlite:///{path.absolute()}"
     if parsed.get_backend_name() == "sqlite":
         return "sqlite:// (in memory)"
     return parsed.render_as_string(hide_password=True)
