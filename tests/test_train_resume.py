@@ -143,3 +143,21 @@ def test_trainer_state_is_hf_readable_and_its_log_history_survives_a_resume(
     assert {"epoch", "learning_rate", "grad_norm"} <= set(state.log_history[0])
     own = json.loads((output_dir / "checkpoint-4" / "treerpo_state.json").read_text())
     assert own["num_processes"] == 1 and len(own["batch_tree_ids"]) == 1
+
+
+def test_a_resume_whose_data_gives_another_length_is_refused(tiny_model_dir, db_url, tmp_path):
+    write_scored_trees(db_url=db_url, model_dir=tiny_model_dir, rewards=REWARDS)
+    output_dir = tmp_path / "out"
+    first = _train(tiny_model_dir, db_url, output_dir, "--num-train-epochs", "1",
+                   "--save-steps", "1", "--json")
+    assert first.exit_code == 0 and first.json()["steps"] == 2  # 2 trees, 1 per step
+    write_scored_trees(db_url=db_url, model_dir=tiny_model_dir, rewards=[[1, 1, 0, 0, 0]],
+                       run_name="later", seed=1)
+    refused = _train(tiny_model_dir, db_url, output_dir, "--num-train-epochs", "1",
+                     "--resume-from-checkpoint", str(output_dir / "checkpoint-1"))
+    assert refused.exit_code == 2
+    assert ("the run now has 3 optimizer steps in all, the checkpoint's had 2"
+            in refused.stderr.splitlines()[-1])
+    # refused before the train run was reopened: it still reads finished, its steps unchanged
+    [train_run] = run_cli("runs", "--db", db_url, "--kind", "train", "--json").json()
+    assert (train_run["status"], train_run["steps"]) == ("finished", 2)

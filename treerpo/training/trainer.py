@@ -389,6 +389,10 @@ def _run_training(
         if not main:
             replay_ids, _ = select_replay_trees(store, source_runs=config.source_runs,
                                                 on_message=say, policy=replay_policy)
+    if resume_point is not None:  # the run's length, before the run or its logs are touched
+        data_size = len(problems) if config.chained else len(replay_ids)
+        resume.check_total_steps(point=resume_point, total_steps=total_steps_for(
+            optimization=opt, batches_per_epoch=math.ceil(data_size / trees_per_step)))
     sink = open_metrics_sink(output_dir=output_dir, report_to=config.report_to,
                              run_name=run_name, config=config, enabled=main)
     if main:
@@ -410,8 +414,6 @@ def _run_training(
         source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
                                seed=config.engine.seed)
     total_steps = total_steps_for(optimization=opt, batches_per_epoch=source.batches_per_epoch)
-    if resume_point is not None:
-        resume.check_total_steps(point=resume_point, total_steps=total_steps)
     updater = PolicyUpdater(model=model, ref_model=ref_model, optimization=opt,
                             total_steps=total_steps, accelerator=accelerator,
                             autocast_dtype=autocast_dtype)
