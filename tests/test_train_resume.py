@@ -161,3 +161,24 @@ def test_a_resume_whose_data_gives_another_length_is_refused(tiny_model_dir, db_
     # refused before the train run was reopened: it still reads finished, its steps unchanged
     [train_run] = run_cli("runs", "--db", db_url, "--kind", "train", "--json").json()
     assert (train_run["status"], train_run["steps"]) == ("finished", 2)
+
+
+def test_a_checkpoint_written_before_treerpo_state_json_still_resumes(tiny_model_dir, db_url,
+                                                                      tmp_path):
+    write_scored_trees(db_url=db_url, model_dir=tiny_model_dir, rewards=REWARDS)
+    output_dir = tmp_path / "out"
+    assert _train(tiny_model_dir, db_url, output_dir, "--max-steps", "2",
+                  "--save-steps", "1").exit_code == 0
+    checkpoint = output_dir / "checkpoint-1"
+    own = json.loads((checkpoint / "treerpo_state.json").read_text())
+    (checkpoint / "treerpo_state.json").unlink()
+    # the layout of earlier releases: treerpo's fields in trainer_state.json, no HF schema
+    (checkpoint / "trainer_state.json").write_text(json.dumps(
+        {"global_step": 1, "total_steps": 2, **own}))
+    changed = _train(tiny_model_dir, db_url, output_dir, "--max-steps", "3",
+                     "--resume-from-checkpoint", str(checkpoint))
+    assert changed.exit_code == 2 and "--max-steps 3 (checkpoint: 2)" in changed.stderr
+    resumed = _train(tiny_model_dir, db_url, output_dir, "--max-steps", "2",
+                     "--resume-from-checkpoint", str(checkpoint), "--json")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (resumed.json()["start_step"], resumed.json()["steps"]) == (1, 2)
