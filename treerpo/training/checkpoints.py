@@ -29,17 +29,20 @@ complete checkpoints after the new one is in place.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from treerpo.config import TrainConfig
 from treerpo.errors import BadInputError
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -139,6 +142,47 @@ def save_checkpoint(
     if save_total_limit is not None:
         for old in list_checkpoints(output_dir)[:-save_total_limit]:
             shutil.rmtree(old)
+    return path
+
+
+@dataclass
+class Checkpointing:
+    """What checkpoints carry beyond the model and optimizer: the dtype the weights are saved
+    in and the logged metrics so far (HF's `log_history`, continued across resumes)."""
+
+    save_dtype: torch.dtype
+    log_history: list[dict[str, Any]]
+
+
+def save_training_checkpoint(
+    *, accelerator, output_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
+    config: TrainConfig, total_steps: int, batch_ids: list[int], batches_per_epoch: int,
+    checkpointing: Checkpointing,
+) -> Path:
+    """`checkpoint-STEP` of a training run: every process's RNG state gathered, the main
+    process writes (`save_checkpoint`), all wait for it."""
+    from accelerate.utils import gather_object
+
+    rng_states = gather_object([(accelerator.process_index, capture_rng_state())])
+    path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        opt = config.optimization
+        steps_per_epoch = batches_per_epoch * opt.num_iterations
+        path = save_checkpoint(
+            output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
+            optimizer=optimizer, scheduler=scheduler,
+            trainer_state=hf_trainer_state(
+                global_step=step, max_steps=total_steps, epoch=step / steps_per_epoch,
+                num_train_epochs=math.ceil(total_steps / steps_per_epoch),
+                log_history=checkpointing.log_history, logging_steps=config.logging_steps,
+                save_steps=config.save_steps,
+                train_batch_size=opt.per_device_train_batch_size),
+            treerpo_state={"batch_index": (step - 1) // opt.num_iterations,
+                           "batch_tree_ids": batch_ids,
+                           "num_processes": accelerator.num_processes},
+            config_json=config.model_dump(mode="json"), rng_states=dict(rng_states),
+            save_total_limit=config.save_total_limit, save_dtype=checkpointing.save_dtype)
+    accelerator.wait_for_everyone()
     return path
 
 

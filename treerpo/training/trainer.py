@@ -448,7 +448,8 @@ def _run_training(
             store=store, config=config, accelerator=accelerator, source=source, updater=updater,
             run_id=run_id, start_step=step, total_steps=total_steps, sink=sink,
             callbacks=callbacks, summary=summary, tokenizer=tokenizer,
-            checkpointing=Checkpointing(save_dtype=save_dtype, log_history=log_history))
+            checkpointing=checkpoints.Checkpointing(save_dtype=save_dtype,
+                                                    log_history=log_history))
     except BaseException:
         if main:
             repository.finish_run(store, run_id, status="failed")
@@ -467,7 +468,7 @@ def _run_training(
 def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: BatchSource,
                 updater: PolicyUpdater, run_id: int, start_step: int, total_steps: int, sink,
                 callbacks: TrainCallbacks, summary: TrainSummary, tokenizer,
-                checkpointing: Checkpointing) -> int:
+                checkpointing: checkpoints.Checkpointing) -> int:
     """Steps `start_step + 1 .. total_steps`: update, record, log, checkpoint. Returns the last."""
     opt, main, model = config.optimization, accelerator.is_main_process, updater.model
     output_dir = Path(config.output_dir).expanduser()
@@ -495,10 +496,11 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 callbacks.on_log(metrics)
         summary.last_metrics = metrics
         if step % config.save_steps == 0:
-            path = _save(accelerator=accelerator, output_dir=output_dir, step=step, model=model,
-                         tokenizer=tokenizer, updater=updater, config=config,
-                         total_steps=total_steps, batch_ids=batch_ids,
-                         batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing)
+            path = checkpoints.save_training_checkpoint(
+                accelerator=accelerator, output_dir=output_dir, step=step, model=model,
+                tokenizer=tokenizer, optimizer=updater.optimizer, scheduler=updater.scheduler,
+                config=config, total_steps=total_steps, batch_ids=batch_ids,
+                batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing)
             if main:
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
                                                      checkpoint=str(path))
@@ -539,43 +541,6 @@ def _load_models(*, config: TrainConfig, checkpoint: Path | None, device, say):
                                 trust_remote_code=engine.trust_remote_code)
         ref_model.requires_grad_(False)
     return model, ref_model, autocast_dtype
-
-
-@dataclass
-class Checkpointing:
-    """What checkpoints carry beyond the model and optimizer: the dtype the weights are saved
-    in and the logged metrics so far (HF's `log_history`, continued across resumes)."""
-
-    save_dtype: torch.dtype
-    log_history: list[dict[str, Any]]
-
-
-def _save(*, accelerator, output_dir: Path, step: int, model, tokenizer, updater: PolicyUpdater,
-          config: TrainConfig, total_steps: int, batch_ids: list[int],
-          batches_per_epoch: int, checkpointing: Checkpointing) -> Path:
-    from accelerate.utils import gather_object
-
-    rng_states = gather_object([(accelerator.process_index, checkpoints.capture_rng_state())])
-    path = output_dir / f"{checkpoints.CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process:
-        opt = config.optimization
-        steps_per_epoch = batches_per_epoch * opt.num_iterations
-        path = checkpoints.save_checkpoint(
-            output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
-            optimizer=updater.optimizer, scheduler=updater.scheduler,
-            trainer_state=checkpoints.hf_trainer_state(
-                global_step=step, max_steps=total_steps, epoch=step / steps_per_epoch,
-                num_train_epochs=math.ceil(total_steps / steps_per_epoch),
-                log_history=checkpointing.log_history, logging_steps=config.logging_steps,
-                save_steps=config.save_steps,
-                train_batch_size=opt.per_device_train_batch_size),
-            treerpo_state={"batch_index": (step - 1) // opt.num_iterations,
-                           "batch_tree_ids": batch_ids,
-                           "num_processes": accelerator.num_processes},
-            config_json=config.model_dump(mode="json"), rng_states=dict(rng_states),
-            save_total_limit=config.save_total_limit, save_dtype=checkpointing.save_dtype)
-    accelerator.wait_for_everyone()
-    return path
 
 
 __all__ = [
