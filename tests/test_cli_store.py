@@ -36,6 +36,7 @@ def stored_tree(db_url):
 
 
 def test_trees_json_on_an_empty_store(db_url):
+    assert run_cli("db", "upgrade", "--db", db_url).exit_code == 0
     result = run_cli("trees", "--db", db_url, "--json")
     assert result.exit_code == 0, result.stderr
     assert result.json() == []
@@ -136,7 +137,8 @@ def test_newer_store_exit_2_unchanged(db_url, tmp_path):
         result = run_cli(*command, "--db", db_url)
         assert result.exit_code == 2, command
         assert "zzzz9999" in result.stderr and "newer" in result.stderr
-        assert result.stderr.count("\n") == 1
+        # a command that writes first names the store it opens, then the one-line error
+        assert result.stderr.count("\n") == (2 if command == ["db", "upgrade"] else 1)
     assert path.read_bytes() == before
     assert run_cli("db", "current", "--db", db_url).stdout.startswith("zzzz9999")
 
@@ -147,11 +149,22 @@ def test_db_upgrade_and_current(db_url):
     assert run_cli("db", "current", "--db", db_url).stdout.strip() == database.head_revision()
 
 
-def test_default_store_folder_is_created(tmp_path, monkeypatch):
+def test_default_store_folder_is_created_by_a_writing_command_only(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TREERPO_DB", raising=False)
+    store_file = tmp_path / "data" / "treerpo.db"
+    for read_only in (["trees", "--json"], ["inspect", "1"], ["runs"], ["eval", "show", "x"]):
+        result = run_cli(*read_only)
+        assert result.exit_code == 2, read_only
+        assert result.stderr == (f"error: no store at sqlite:///{store_file}: nothing has been "
+                                 "written there yet (generate, train or `treerpo db upgrade` "
+                                 "create it; --db or TREERPO_DB choose another)\n"), read_only
+        assert not (tmp_path / "data").exists(), read_only
+    upgraded = run_cli("db", "upgrade")
+    assert upgraded.exit_code == 0
+    assert upgraded.stderr.splitlines()[0] == f"store: sqlite:///{store_file}"
+    assert store_file.exists()
     assert run_cli("trees", "--json").json() == []
-    assert (tmp_path / "data" / "treerpo.db").exists()
 
 
 def test_usage_errors_are_one_line_exit_2(db_url):

@@ -55,8 +55,10 @@ def make_tree(*, model, rng: np.random.Generator, rewards: list[float], vocab: i
 
 def write_scored_trees(*, db_url: str, model_dir, rewards: list[list[float]],
                        run_name: str = "hand-built", seed: int = 0) -> list[int]:
-    """Store one scored tree per reward list (5 leaves each) in run `run_name`; returns ids."""
-    from treerpo.engines.loading import load_policy
+    """Store one scored tree per reward list (5 leaves each) in run `run_name`, recorded as
+    grown by the model in `model_dir` (its tokenizer and weights); returns ids."""
+    from treerpo.engines.loading import load_policy, load_tokenizer, policy_version
+    from treerpo.provenance import tokenizer_fingerprint
 
     model = load_policy(str(model_dir), torch_dtype="float32", device="cpu")
     rng = np.random.default_rng(seed)
@@ -70,7 +72,10 @@ def write_scored_trees(*, db_url: str, model_dir, rewards: list[list[float]],
                 for index in range(len(trees))]
         problem_ids = repository.upsert_problems(store, keys)
         return repository.write_trees(store, trees=trees, run_id=run.id,
-                                      problem_ids=problem_ids, policy_version="hand")
+                                      problem_ids=problem_ids,
+                                      policy_version=policy_version(str(model_dir)),
+                                      tokenizer_hash=tokenizer_fingerprint(
+                                          load_tokenizer(str(model_dir))))
     finally:
         store.close()
 

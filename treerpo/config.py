@@ -13,7 +13,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -83,6 +83,10 @@ def _check_growth_logprobs(*, tree: TreeSettings, engine: EngineConfig) -> None:
                          "or --engine hf")
 
 
+# The engine settings that shape the trees (the rest only change speed or memory).
+_TREE_SHAPING_ENGINE_FIELDS = ("model", "seed", "torch_dtype", "logprob_temperature")
+
+
 class GenerateConfig(_Strict):
     """`treerpo generate`: grow (or, with rollout=flat, sample) and store trees."""
 
@@ -100,6 +104,27 @@ class GenerateConfig(_Strict):
         _check_growth_logprobs(tree=self.tree, engine=self.engine)
         return self
 
+    def tree_shaping_settings(self) -> dict[str, Any]:
+        """{flag name: value} of everything that shapes a tree: the model, seed, dtype and
+        logprob transform, the prompt, tree and sampling settings. A resumed run must keep them
+        all (its trees come from one recipe); the data selection may change (grow more rows)."""
+        dumped = self.model_dump(mode="json")
+        return {**{key: dumped["engine"][key] for key in _TREE_SHAPING_ENGINE_FIELDS},
+                **dumped["prompt"], **dumped["tree"], **dumped["sampling"]}
+
+    def differing_settings(self, stored: dict[str, Any]) -> list[str]:
+        """`--flag (run: A, now: B)` for each tree-shaping setting that differs from a stored
+        run's configuration (a setting the stored configuration predates is not compared)."""
+        stored_flat: dict[str, Any] = {}
+        for part in ("prompt", "tree", "sampling"):
+            stored_flat.update(stored.get(part) or {})
+        engine = stored.get("engine") or {}
+        stored_flat.update({key: engine[key] for key in _TREE_SHAPING_ENGINE_FIELDS
+                            if key in engine})
+        return [f"--{name.replace('_', '-')} (run: {stored_flat[name]!r}, now: {value!r})"
+                for name, value in self.tree_shaping_settings().items()
+                if name in stored_flat and stored_flat[name] != value]
+
     def resolved_run_name(self) -> str:
         """`--run`, or a name derived from the dataset and a hash of everything that shapes the
         trees: the same command resumes the same run, a changed flag starts a new one."""
@@ -107,7 +132,7 @@ class GenerateConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={"run_name", "batch_size"})
         shaping["engine"] = {k: v for k, v in shaping["engine"].items()
-                             if k in ("model", "seed", "torch_dtype", "logprob_temperature")}
+                             if k in _TREE_SHAPING_ENGINE_FIELDS}
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.data.dataset).stem)
         return f"{self.tree.rollout}-{stem or 'data'}-{self.data.split}-{digest}"
@@ -118,6 +143,7 @@ class GenerateConfig(_Strict):
 LossAggregation = Literal["group", "token", "leaf"]
 AdvantageMode = Literal["local", "global-local"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
+SaveDtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 # transformers `get_scheduler` names that need nothing beyond warmup and total steps.
 SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                    "constant_with_warmup", "inverse_sqrt")
@@ -175,6 +201,10 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(default=10, ge=1)
     report_to: ReportTo = "none"
     resume_from_checkpoint: str | None = None
+    # Replay: train on trees another policy grew (`treerpo.provenance`), with a warning.
+    allow_off_policy: bool = False
+    # dtype of the saved checkpoints and final model; auto = the base model's (its config.json).
+    save_dtype: SaveDtypeName = "auto"
 
     @field_validator("output_dir")
     @classmethod
@@ -208,7 +238,7 @@ class TrainConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={
             "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
-            "save_total_limit", "report_to"})
+            "save_total_limit", "report_to", "allow_off_policy", "save_dtype"})
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.output_dir).name)

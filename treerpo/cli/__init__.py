@@ -25,6 +25,7 @@ from treerpo.cli import (
     demo_command,
     eval_command,
     generate_command,
+    runs_command,
     score_command,
     store_commands,
     train_command,
@@ -60,6 +61,7 @@ def _root(
 generate_command.register(app)
 score_command.register(app)
 store_commands.register(app)
+runs_command.register(app)
 bench_commands.register(app)
 demo_command.register(app)
 eval_command.register(app)

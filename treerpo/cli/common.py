@@ -17,14 +17,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from treerpo.errors import BadInputError
-from treerpo.store.database import DEFAULT_DB_URL, Store, open_store
+from treerpo.store.database import DEFAULT_DB_URL, Store, display_url, open_store
 
 DbOption = Annotated[
     str,
     typer.Option(
         "--db",
         envvar="TREERPO_DB",
-        help="Store URL: sqlite:///PATH (folder created) or postgresql+psycopg://USER@HOST/DB.",
+        help="Store URL: sqlite:///PATH or postgresql+psycopg://USER@HOST/DB. Commands that "
+        "write create it and print it first; read-only ones refuse a missing store.",
         show_default=True,
     ),
 ]
@@ -60,9 +61,16 @@ def print_json(payload: Any) -> None:
 
 
 @contextmanager
-def store_at(url: str) -> Iterator[Store]:
-    """Open (and migrate to head) the store for the duration of a command."""
-    store = open_store(url)
+def store_at(url: str, *, read_only: bool = False) -> Iterator[Store]:
+    """Open (and migrate to head) the store for the duration of a command.
+
+    A command that writes announces the resolved store first (`store: URL` on stderr, so
+    `--json` output stays parseable). A read-only command refuses a store that does not exist
+    yet (exit 2) instead of creating an empty one.
+    """
+    if not read_only:
+        typer.echo(f"store: {display_url(url)}", err=True)
+    store = open_store(url, create=not read_only)
     try:
         yield store
     finally:

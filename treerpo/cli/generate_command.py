@@ -70,9 +70,13 @@ def generate(
     """Grow reasoning trees for a dataset's problems and store them.
 
     Each problem gets one tree (DESIGN steps 1-7: root split, entropy splits, coverage splits),
-    written with all its nodes in one transaction. Re-running the same command resumes: problems
-    that already have a tree in the run are skipped. `--rollout flat --num-generations G`
-    stores plain GRPO samples (a root with G leaves) in the same store.
+    written with all its nodes in one transaction, with its provenance (the tokenizer's and the
+    weights' fingerprints, see `train`'s replay checks). Re-running the same command resumes:
+    problems that already have a tree in the run are skipped. An existing `--run` resumes only
+    with the same model and tree/sampling/prompt settings; otherwise it exits 2 naming the
+    settings that differ (`--limit`/`--offset` may change, to grow more problems).
+    `--rollout flat --num-generations G` stores plain GRPO samples (a root with G leaves) in
+    the same store.
 
     Examples:
 
@@ -86,7 +90,7 @@ def generate(
                        **opt.growth_config_parts(locals()))
     from treerpo.engines import create_engine_from_config
     from treerpo.engines.loading import policy_version
-    from treerpo.growth.runner import run_generate
+    from treerpo.growth.runner import check_run_settings, run_generate
     from treerpo.problems.sources import load_problems
 
     data = config.data
@@ -94,9 +98,6 @@ def generate(
     load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
                   limit=data.limit, offset=data.offset, problem_field=data.problem_field,
                   answer_field=data.answer_field)
-    policy, tokenizer = create_engine_from_config(
-        config.engine, sampling_temperature=config.sampling.temperature,
-        max_logprobs=config.tree.entropy_topk)
     console = stdout_console()
     progress = progress_bar(label="generate", unit="trees", console=console,
                             disable=json_output, field="rate")
@@ -111,10 +112,16 @@ def generate(
             f"{summary.trees / elapsed:.2f} trees/s · {summary.leaves} leaves · "
             f"{summary.tokens_decoded / elapsed:,.0f} tok/s"))
 
-    with store_at(db) as store, progress:
-        summary = run_generate(store=store, config=config, engine=policy, tokenizer=tokenizer,
-                               policy_version=policy_version(config.engine.model),
-                               on_start=on_start, on_progress=on_progress)
+    with store_at(db) as store:
+        check_run_settings(store, config)  # a resumed run with other settings: before loading
+        policy, tokenizer = create_engine_from_config(
+            config.engine, sampling_temperature=config.sampling.temperature,
+            max_logprobs=config.tree.entropy_topk)
+        with progress:
+            summary = run_generate(store=store, config=config, engine=policy,
+                                   tokenizer=tokenizer,
+                                   policy_version=policy_version(config.engine.model),
+                                   on_start=on_start, on_progress=on_progress)
     if json_output:
         print_json(summary_json(summary))
     else:

@@ -1,4 +1,7 @@
-"""Commands that look at the store: `trees`, `inspect`, `db upgrade`, `db current`."""
+"""Commands that look at the store: `trees`, `inspect`, `db upgrade`, `db current`.
+
+`trees` and `inspect` only read: on a store that does not exist yet they say so (exit 2) rather
+than create it."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def trees(
 
         treerpo trees --run my-run --json
     """
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         run_id = repository.find_run(store, run).id if run is not None else None
         summaries = repository.list_trees(store, run_id=run_id, limit=limit)
     if json_output:
@@ -90,11 +93,11 @@ def inspect(
     if html is not None:
         from treerpo.web.export import write_tree_page
 
-        with store_at(db) as store:
+        with store_at(db, read_only=True) as store:
             path = write_tree_page(store, tree_id=tree_id, path=html, tokenizer=tokenizer)
         typer.echo(f"tree page: {path}")
         return
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         tree = repository.load_tree(store, tree_id)
     if json_output:
         print_json(tree_to_json(tree))

@@ -77,7 +77,15 @@ LoggingSteps = Annotated[int, typer.Option("--logging-steps", help="Log every N 
 ReportTo = Annotated[str, typer.Option(
     "--report-to", help="none, tensorboard or wandb (the package must be installed).")]
 ResumeFrom = Annotated[str | None, typer.Option(
-    "--resume-from-checkpoint", help="A checkpoint folder, or `latest` in --output-dir.")]
+    "--resume-from-checkpoint", help="A checkpoint folder, or `latest` in --output-dir. The "
+    "schedule must be the checkpoint's (--max-steps, epochs, learning rate, scheduler, warmup, "
+    "batch shape): a change is refused, not continued.")]
+AllowOffPolicy = Annotated[bool, typer.Option(
+    "--allow-off-policy", help="Replay: also train on trees another policy grew (warns with "
+    "their share). Trees of another tokenizer are always refused.")]
+SaveDtype = Annotated[str, typer.Option(
+    "--save-dtype", help="dtype of checkpoints and the final model: auto (the base model's), "
+    "float32, bfloat16 or float16. Master weights stay float32.")]
 
 
 def train(
@@ -117,6 +125,8 @@ def train(
     logging_steps: LoggingSteps = 10,
     report_to: ReportTo = "none",
     resume_from_checkpoint: ResumeFrom = None,
+    allow_off_policy: AllowOffPolicy = False,
+    save_dtype: SaveDtype = "auto",
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
@@ -149,9 +159,19 @@ def train(
     """Update a policy with TreeRPO: tree-packed, PPO-clipped, sibling-group advantages.
 
     Replay (no --dataset): trains on stored trees (of --run, default all), scoring unscored ones
-    first. Chained (--dataset): each step grows the next batch of problems' trees with the
-    current policy (the tree and sampling flags of `generate`), stores and scores them, and
-    updates. Checkpoints go to OUTPUT_DIR/checkpoint-STEP; the final model to OUTPUT_DIR.
+    first. Before anything is scored or written, each tree's provenance is checked: trees
+    tokenized by another tokenizer (vocabulary or chat template) are refused, trees grown by
+    another policy (other weights, or earlier steps of a chained run) too unless
+    --allow-off-policy.
+
+    Chained (--dataset): each step grows the next batch of problems' trees with the current
+    policy (the tree and sampling flags of `generate`), stores and scores them, and updates.
+
+    Checkpoints go to OUTPUT_DIR/checkpoint-STEP (HF layout; trainer_state.json in HF's
+    TrainerState schema), the final model to OUTPUT_DIR, both in --save-dtype. Resuming
+    (--resume-from-checkpoint) refuses a changed schedule and says so when the checkpoint is
+    already at the last step.
+
     Runs unchanged under `accelerate launch` (one shard of each step's trees per process).
 
     Examples:
@@ -173,7 +193,8 @@ def train(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
         optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
         save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
-        resume_from_checkpoint=resume_from_checkpoint, **opt.growth_config_parts(locals()))
+        resume_from_checkpoint=resume_from_checkpoint, allow_off_policy=allow_off_policy,
+        save_dtype=save_dtype, **opt.growth_config_parts(locals()))
     from treerpo.training.trainer import TrainCallbacks, run_training
 
     console = stdout_console()

@@ -44,7 +44,7 @@ def report(
     """
     from treerpo.web.export import write_run_report
 
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         paths = write_run_report(store, run_name=run, path=html, tree_steps=tree_step,
                                  tokenizer=tokenizer)
     typer.echo(f"report: {paths[0]}")
@@ -75,17 +75,18 @@ def serve(
         treerpo serve --db sqlite:///runs/store.db --port 8080
     """
     from treerpo.errors import BadInputError
+    from treerpo.store.database import display_url
     from treerpo.web.server import make_server
 
     log = (lambda line: None) if quiet else (lambda line: typer.echo(line, err=True))
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         try:
             server = make_server(store, host=host, port=port, log=log)
         except OSError as error:
             raise BadInputError(f"cannot listen on {host}:{port}: {error.strerror}") from error
         bound_host, bound_port = server.server_address[:2]
         shown_host = f"[{bound_host}]" if ":" in str(bound_host) else bound_host
-        typer.echo(f"serving {store.url.render_as_string(hide_password=True)} read-only at "
+        typer.echo(f"serving {display_url(db)} read-only at "
                    f"http://{shown_host}:{bound_port}/  (Ctrl-C stops)")
         if host not in ("127.0.0.1", "localhost", "::1"):
             typer.echo(f"warning: listening on {host}: anyone who can reach it can read the "

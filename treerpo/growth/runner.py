@@ -14,10 +14,12 @@ from typing import Any
 
 from treerpo.config import GenerateConfig
 from treerpo.engines.base import Engine
+from treerpo.errors import BadInputError
 from treerpo.growth.grower import grow_trees
 from treerpo.growth.settings import SamplingConfig, TreeSettings
 from treerpo.problems.prompts import PromptSettings
 from treerpo.problems.sources import Problem, load_problems
+from treerpo.provenance import tokenizer_fingerprint
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.trees import Tree
@@ -56,6 +58,7 @@ def grow_and_store(
     run_id: int,
     policy_version: str,
     prompt: PromptSettings,
+    tokenizer_hash: str | None = None,
     tree_settings: TreeSettings,
     sampling: SamplingConfig,
     seed: int,
@@ -64,7 +67,10 @@ def grow_and_store(
     on_progress: ProgressCallback | None = None,
 ) -> list[Tree]:
     """Grow one tree per problem in one batch of waves, then store the batch's trees, each with
-    all its nodes, in one transaction. Shared by `generate` and by chained training."""
+    all its nodes, in one transaction. Shared by `generate` and by chained training.
+
+    The trees record their provenance: `policy_version` and the tokenizer's fingerprint
+    (`tokenizer_hash`, computed from `tokenizer` when not given)."""
     rendered = [prompt.build(tokenizer, problem.problem) for problem in problems]
     trees, stats = grow_trees(
         engine=engine,
@@ -81,8 +87,9 @@ def grow_and_store(
         tree.rollout = tree_settings.rollout
     # One transaction for the batch: its trees grew together, so a crash before this point
     # loses all of them anyway; after it, every one is complete and visible.
-    tree_ids = repository.write_trees(store, trees=trees, run_id=run_id, problem_ids=problem_ids,
-                                      policy_version=policy_version, epoch=epoch)
+    tree_ids = repository.write_trees(
+        store, trees=trees, run_id=run_id, problem_ids=problem_ids, policy_version=policy_version,
+        tokenizer_hash=tokenizer_hash or tokenizer_fingerprint(tokenizer), epoch=epoch)
     if summary is not None:
         summary.trees += len(trees)
         summary.nodes += sum(len(tree.nodes) for tree in trees)
@@ -94,6 +101,20 @@ def grow_and_store(
         if on_progress is not None:
             on_progress(summary)
     return trees
+
+
+def check_run_settings(store: Store, config: GenerateConfig) -> None:
+    """Refuse to resume an existing run with other tree-shaping settings (one run, one recipe):
+    exit 2 naming each differing flag. A new run, or the same settings, pass."""
+    name = config.resolved_run_name()
+    stored = repository.stored_run_config(store, name=name, kind="generate")
+    if stored is None:
+        return
+    differing = config.differing_settings(stored)
+    if differing:
+        raise BadInputError(
+            f"run {name!r} exists with other settings: {'; '.join(differing)}. Resume it with "
+            "its settings, or grow the new trees in another run (--run NEW-NAME)")
 
 
 def run_generate(
@@ -117,6 +138,8 @@ def run_generate(
                               problems_skipped_rows=problem_set.skipped)
     # Check the prompt renders before touching the store (no chat template → exit 2).
     config.prompt.build(tokenizer, problem_set.problems[0].problem)
+    check_run_settings(store, config)
+    tokenizer_hash = tokenizer_fingerprint(tokenizer)
     run = repository.get_or_create_run(store, name=summary.run_name, kind="generate",
                                        model=config.engine.model,
                                        config=config.model_dump(mode="json"))
@@ -136,7 +159,8 @@ def run_generate(
             store=store, engine=engine, tokenizer=tokenizer,
             problems=[problem for problem, _ in batch],
             problem_ids=[problem_id for _, problem_id in batch],
-            run_id=run.id, policy_version=policy_version, prompt=config.prompt,
+            run_id=run.id, policy_version=policy_version, tokenizer_hash=tokenizer_hash,
+            prompt=config.prompt,
             tree_settings=config.tree, sampling=config.sampling,
             seed=config.engine.seed * 1_000_003 + batch_index,
             summary=summary, on_progress=on_progress,

@@ -63,6 +63,18 @@ def sqlite_path(url: URL) -> Path | None:
     return Path(url.database)
 
 
+def display_url(url: str) -> str:
+    """The store as a command announces it: a SQLite file by its absolute path (the default one
+    is relative to the working folder), any other URL with its password masked."""
+    parsed = parse_db_url(url)
+    path = sqlite_path(parsed)
+    if path is not None:
+        return f"sqlite:///{path.absolute()}"
+    if parsed.get_backend_name() == "sqlite":
+        return "sqlite:// (in memory)"
+    return parsed.render_as_string(hide_password=True)
+
+
 def alembic_config(connection=None) -> Config:
     if not MIGRATIONS_DIR.is_dir():
         raise FileNotFoundError(f"Alembic migrations folder missing: {MIGRATIONS_DIR}")
@@ -154,16 +166,19 @@ def _refuse_unknown_revision(revision: str | None, where: str) -> None:
         )
 
 
-def open_store(url: str, *, upgrade: bool = True) -> Store:
+def open_store(url: str, *, upgrade: bool = True, create: bool = True) -> Store:
     """Open (and by default migrate to head) the store at `url`.
 
-    Bad input raises `BadInputError` before anything is written.
+    Bad input raises `BadInputError` before anything is written. With `create=False` (commands
+    that only read) a store that does not exist yet is refused instead of created.
     """
     parsed = parse_db_url(url)
     path = sqlite_path(parsed)
     if path is not None:
         if path.is_dir():
             raise BadInputError(f"--db points at a folder, not a file: {path}")
+        if not create and (not path.exists() or path.stat().st_size == 0):
+            raise _missing_store(display_url(url))
         revision = _check_sqlite_file(path)
         _refuse_unknown_revision(revision, str(path))
         try:
@@ -176,6 +191,8 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
         if path is None:
             revision = _current_revision_of(engine)
             _refuse_unknown_revision(revision, parsed.render_as_string(hide_password=True))
+            if not create and revision is None and parsed.get_backend_name() != "sqlite":
+                raise _missing_store(display_url(url))
         if upgrade and revision != head_revision():
             upgrade_engine(engine)
     except OperationalError as error:
@@ -187,6 +204,12 @@ def open_store(url: str, *, upgrade: bool = True) -> Store:
         raise
     return Store(url=parsed, engine=engine,
                  session_factory=sessionmaker(engine, expire_on_commit=False))
+
+
+def _missing_store(where: str) -> BadInputError:
+    return BadInputError(f"no store at {where}: nothing has been written there yet (generate, "
+                         "train or `treerpo db upgrade` create it; --db or TREERPO_DB choose "
+                         "another)")
 
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:

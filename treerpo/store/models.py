@@ -98,9 +98,13 @@ class TreeRow(Base):
     problem_id: Mapped[int] = mapped_column(ForeignKey("problems.id"))
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     rollout: Mapped[str] = mapped_column(String(16), default="tree")
-    # Which weights produced the tree (model path + weights hash, or a checkpoint step): needed to
-    # know how off-policy a replayed tree is.
+    # Which weights produced the tree (`treerpo.provenance`: MODEL@WEIGHTS-HASH, or RUN@step-N for
+    # trees grown during chained training): replay refuses trees of another policy unless told.
     policy_version: Mapped[str] = mapped_column(String(1024))
+    # Which tokenizer the token ids belong to (`treerpo.provenance.tokenizer_fingerprint`: a hash
+    # of the vocabulary and chat template): replay refuses trees of another tokenizer, whose ids
+    # the trained model would read as other tokens. NULL: stored before it was recorded.
+    tokenizer_hash: Mapped[str | None] = mapped_column(String(64))
     # Stored logprobs are log_softmax(logits / logprob_temperature) of the behaviour policy.
     logprob_temperature: Mapped[float] = mapped_column(Float, default=1.0)
     num_nodes: Mapped[int] = mapped_column(Integer)

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, func, insert, select, update
 
 from treerpo.errors import BadInputError
+from treerpo.provenance import TreeProvenance
 from treerpo.store.arrays import pack_logprobs, pack_token_ids, unpack_logprobs, unpack_token_ids
 from treerpo.store.database import Store
 from treerpo.store.models import (
@@ -27,6 +28,15 @@ from treerpo.store.models import (
     TrainStepRow,
     TreeRow,
     utcnow,
+)
+from treerpo.store.runs import (  # noqa: F401 (re-exported: stages reach runs through here)
+    RunSummary,
+    find_run,
+    finish_run,
+    get_or_create_run,
+    list_runs,
+    nearest_names,
+    stored_run_config,
 )
 from treerpo.trees import Tree, TreeNode
 
@@ -54,41 +64,6 @@ class TreeSummary:
     mean_reward: float | None
     rollout: str
     created_at: datetime
-
-
-def get_or_create_run(
-    store: Store, *, name: str, kind: str, model: str, config: dict[str, Any]
-) -> RunRow:
-    """The run called `name`, created if new. An existing run keeps its first configuration
-    (resuming); a run of another kind with the same name is refused."""
-    with store.session() as session, session.begin():
-        run = session.scalars(select(RunRow).where(RunRow.name == name)).one_or_none()
-        if run is None:
-            run = RunRow(name=name, kind=kind, model=model, config=config, status="running")
-            session.add(run)
-            session.flush()
-        elif run.kind != kind:
-            raise BadInputError(f"run {name!r} already exists as a {run.kind} run; "
-                                "choose another --run name")
-        else:
-            run.status = "running"
-            run.finished_at = None
-        return run
-
-
-def find_run(store: Store, name: str) -> RunRow:
-    with store.session() as session:
-        run = session.scalars(select(RunRow).where(RunRow.name == name)).one_or_none()
-    if run is None:
-        raise BadInputError(f"no run named {name!r} in the store")
-    return run
-
-
-def finish_run(store: Store, run_id: int, *, status: str = "finished") -> None:
-    with store.session() as session, session.begin():
-        session.execute(
-            update(RunRow).where(RunRow.id == run_id).values(status=status, finished_at=utcnow())
-        )
 
 
 def upsert_problems(
@@ -156,11 +131,13 @@ def write_tree(
     run_id: int,
     problem_id: int,
     policy_version: str,
+    tokenizer_hash: str | None = None,
     epoch: int = 0,
 ) -> int:
     """Insert a whole tree with all its nodes in one transaction; returns the new tree id."""
     return write_trees(store, trees=[tree], run_id=run_id, problem_ids=[problem_id],
-                       policy_version=policy_version, epoch=epoch)[0]
+                       policy_version=policy_version, tokenizer_hash=tokenizer_hash,
+                       epoch=epoch)[0]
 
 
 def write_trees(
@@ -170,11 +147,13 @@ def write_trees(
     run_id: int,
     problem_ids: Sequence[int],
     policy_version: str,
+    tokenizer_hash: str | None = None,
     epoch: int = 0,
 ) -> list[int]:
     """Insert several whole trees in one transaction (all or none); returns their ids and sets
     `tree.tree_id` and `tree.problem_id` on each. One statement for the tree rows, one for all
-    their nodes."""
+    their nodes. `policy_version` and `tokenizer_hash` are the trees' provenance
+    (`treerpo.provenance`); None records an unknown tokenizer."""
     if not trees:
         return []
     created_at = utcnow()
@@ -185,6 +164,7 @@ def write_trees(
             "epoch": epoch,
             "rollout": tree.rollout,
             "policy_version": policy_version,
+            "tokenizer_hash": tokenizer_hash,
             "logprob_temperature": tree.logprob_temperature,
             "num_nodes": len(tree.nodes),
             "num_leaves": len(tree.leaves()),
@@ -333,6 +313,19 @@ def list_trees(
         query = query.limit(limit)
     with store.session() as session:
         return [TreeSummary(*row) for row in session.execute(query)]
+
+
+def tree_provenance(store: Store, *, run_ids: Sequence[int] | None = None,
+                    tree_ids: Sequence[int] | None = None) -> list[TreeProvenance]:
+    """Each tree's run, tokenizer and policy (of `run_ids` / `tree_ids`, or all), by id."""
+    query = (select(TreeRow.id, RunRow.name, TreeRow.tokenizer_hash, TreeRow.policy_version)
+             .join(RunRow, RunRow.id == TreeRow.run_id).order_by(TreeRow.id))
+    if run_ids is not None:
+        query = query.where(TreeRow.run_id.in_(list(run_ids)))
+    if tree_ids is not None:
+        query = query.where(TreeRow.id.in_(list(tree_ids)))
+    with store.session() as session:
+        return [TreeProvenance(*row) for row in session.execute(query)]
 
 
 def count_trees(store: Store) -> int:

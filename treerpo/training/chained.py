@@ -30,6 +30,7 @@ from collections.abc import Callable
 from treerpo.config import TrainConfig
 from treerpo.errors import BadInputError
 from treerpo.problems.sources import Problem, load_problems
+from treerpo.provenance import tokenizer_fingerprint
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.training.trainer import tree_order
@@ -80,6 +81,8 @@ class ChainedBatches:
         self.trees_per_step = trees_per_step
         self.on_message = on_message
         self.batches_per_epoch = math.ceil(len(problems) / trees_per_step)
+        self.tokenizer_hash = tokenizer_fingerprint(tokenizer)
+        self.base_policy_version: str | None = None
         config.prompt.build(tokenizer, problems[0].problem)  # no chat template: exit 2 now
         engine = config.engine
         self.logprob_temperature = resolve_logprob_temperature(
@@ -123,7 +126,8 @@ class ChainedBatches:
                     store=self.store, engine=self._engine(batch_index), tokenizer=self.tokenizer,
                     problems=[problem for problem, _ in todo],
                     problem_ids=[problem_id for _, problem_id in todo], run_id=self.run_id,
-                    policy_version=self._policy_version(batch_index), prompt=config.prompt,
+                    policy_version=self._policy_version(batch_index),
+                    tokenizer_hash=self.tokenizer_hash, prompt=config.prompt,
                     tree_settings=config.tree, sampling=config.sampling,
                     seed=self._seed(batch_index), epoch=epoch)
                 existing.update({tree.problem_id: tree.tree_id for tree in grown})
@@ -154,5 +158,13 @@ class ChainedBatches:
         return self.config.engine.seed * _SEED_STRIDE + stride
 
     def _policy_version(self, batch_index: int) -> str:
+        """The first batch is grown by the base model itself (its weights' fingerprint, so
+        replaying those trees on it is on-policy); later ones by the policy after N steps."""
         step = batch_index * self.config.optimization.num_iterations
+        if step == 0:
+            if self.base_policy_version is None:
+                from treerpo.engines.loading import policy_version
+
+                self.base_policy_version = policy_version(self.config.engine.model)
+            return self.base_policy_version
         return f"{self.config.resolved_run_name()}@step-{step}"

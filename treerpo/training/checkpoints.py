@@ -3,11 +3,22 @@
 `output_dir/checkpoint-STEP/` holds
 
 - the policy as `save_pretrained` writes it (safetensors) and the tokenizer, so any checkpoint
-  loads with `AutoModelForCausalLM.from_pretrained` (or `treerpo eval gsm8k --model ...`);
-- `optimizer.pt`, `scheduler.pt`: the AdamW and learning-rate scheduler states;
+  loads with `AutoModelForCausalLM.from_pretrained` (or `treerpo eval gsm8k --model ...`). The
+  weights are saved in `--save-dtype` (auto: the base model's dtype, from its config.json, so a
+  bf16 model's checkpoints are bf16, as HF Trainer saves a model loaded in bf16), cast from the
+  float32 master weights, and config.json names that dtype;
+- `optimizer.pt`, `scheduler.pt`: the AdamW (float32 moments) and learning-rate scheduler states;
 - `rng_state_RANK.pth`: python, numpy and torch (CPU and CUDA) generator states of each process;
-- `trainer_state.json`: the step, the data order position, the trees of the batch in progress;
+- `trainer_state.json`: HF's `TrainerState` schema (global_step, max_steps, epoch,
+  num_train_epochs, log_history, ...), so tools that read HF checkpoints read it
+  (`TrainerState.load_from_json`);
+- `treerpo_state.json`: what treerpo needs beyond that to resume: the data order position, the
+  trees of the batch in progress, the number of processes;
 - `train_config.json`: the whole `TrainConfig` the run was started with.
+
+Resuming loads the saved weights into float32 master weights: from a float32 checkpoint the run
+continues bit-identically; from a bf16/fp16 one it continues from the rounded weights (the
+optimizer moments are exact), so `--save-dtype float32` is the choice for exact resumes.
 
 A checkpoint is first written to a hidden temporary folder in `output_dir` and then renamed (one
 atomic `rename` on POSIX): a crash midway leaves at most a `.tmp-checkpoint-*` folder that no
@@ -18,21 +29,25 @@ complete checkpoints after the new one is in place.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from treerpo.config import TrainConfig
 from treerpo.errors import BadInputError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE_FILE = "trainer_state.json"
+TREERPO_STATE_FILE = "treerpo_state.json"
 CONFIG_FILE = "train_config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
@@ -101,22 +116,26 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler,
     trainer_state: dict[str, Any],
+    treerpo_state: dict[str, Any],
     config_json: dict[str, Any],
     rng_states: dict[int, dict[str, Any]],
     save_total_limit: int | None,
+    save_dtype: torch.dtype,
 ) -> Path:
     """Write `checkpoint-STEP` atomically (module docstring), then rotate old checkpoints.
 
-    `rng_states` maps each process rank to its `capture_rng_state()`.
+    `trainer_state` is HF's schema (`hf_trainer_state`), `treerpo_state` treerpo's own resume
+    fields; `rng_states` maps each process rank to its `capture_rng_state()`.
     """
 
     def write(folder: Path) -> None:
-        save_model_folder(folder=folder, model=model, tokenizer=tokenizer)
+        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, dtype=save_dtype)
         torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), folder / SCHEDULER_FILE)
         for rank, state in rng_states.items():
             torch.save(state, folder / f"rng_state_{rank}.pth")
         (folder / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=1))
+        (folder / TREERPO_STATE_FILE).write_text(json.dumps(treerpo_state, indent=1))
         (folder / CONFIG_FILE).write_text(json.dumps(config_json, indent=1))
 
     path = write_atomically(output_dir=output_dir, name=f"{CHECKPOINT_PREFIX}{step}", write=write)
@@ -126,18 +145,143 @@ def save_checkpoint(
     return path
 
 
-def save_model_folder(*, folder: Path, model, tokenizer) -> None:
-    """The model as safetensors (float32 master weights as trained) and its tokenizer."""
-    model.save_pretrained(folder, safe_serialization=True)
+@dataclass
+class Checkpointing:
+    """What checkpoints carry beyond the model and optimizer: the dtype the weights are saved
+    in and the logged metrics so far (HF's `log_history`, continued across resumes)."""
+
+    save_dtype: torch.dtype
+    log_history: list[dict[str, Any]]
+
+
+def save_training_checkpoint(
+    *, accelerator, output_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
+    config: TrainConfig, total_steps: int, batch_ids: list[int], batches_per_epoch: int,
+    checkpointing: Checkpointing,
+) -> Path:
+    """`checkpoint-STEP` of a training run: every process's RNG state gathered, the main
+    process writes (`save_checkpoint`), all wait for it."""
+    from accelerate.utils import gather_object
+
+    rng_states = gather_object([(accelerator.process_index, capture_rng_state())])
+    path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    if accelerator.is_main_process:
+        opt = config.optimization
+        steps_per_epoch = batches_per_epoch * opt.num_iterations
+        path = save_checkpoint(
+            output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
+            optimizer=optimizer, scheduler=scheduler,
+            trainer_state=hf_trainer_state(
+                global_step=step, max_steps=total_steps, epoch=step / steps_per_epoch,
+                num_train_epochs=math.ceil(total_steps / steps_per_epoch),
+                log_history=checkpointing.log_history, logging_steps=config.logging_steps,
+                save_steps=config.save_steps,
+                train_batch_size=opt.per_device_train_batch_size),
+            treerpo_state={"batch_index": (step - 1) // opt.num_iterations,
+                           "batch_tree_ids": batch_ids,
+                           "num_processes": accelerator.num_processes},
+            config_json=config.model_dump(mode="json"), rng_states=dict(rng_states),
+            save_total_limit=config.save_total_limit, save_dtype=checkpointing.save_dtype)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def save_model_folder(*, folder: Path, model, tokenizer, dtype: torch.dtype) -> None:
+    """The model as safetensors in `dtype` (cast from the master weights, which stay as they
+    are) with config.json naming that dtype, and its tokenizer."""
+    state_dict = None
+    if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+        # One cast per storage: tied weights (embeddings and LM head) stay one shared tensor,
+        # which save_pretrained writes once, as it does for the model itself.
+        cast: dict[tuple[int, torch.Size], torch.Tensor] = {}
+        state_dict = {}
+        for name, tensor in model.state_dict().items():
+            if tensor.is_floating_point():
+                key = (tensor.data_ptr(), tensor.shape)
+                if key not in cast:
+                    cast[key] = tensor.detach().to(dtype)
+                tensor = cast[key]
+            state_dict[name] = tensor
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
+    _set_config_dtype(folder / "config.json", dtype)
     tokenizer.save_pretrained(folder)
 
 
-def save_final_model(*, output_dir: Path, model, tokenizer, config_json: dict[str, Any]) -> None:
+def _set_config_dtype(config_file: Path, dtype: torch.dtype) -> None:
+    """save_pretrained names the parameters' dtype; the file's tensors are in `dtype`, and
+    `from_pretrained(dtype="auto")` should load them so."""
+    config = json.loads(config_file.read_text())
+    name = str(dtype).removeprefix("torch.")
+    config["dtype"] = name
+    if "torch_dtype" in config:  # transformers < 4.56 spelling
+        config["torch_dtype"] = name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+_SAVE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_save_dtype(save_dtype: str, *, base_model: str, trust_remote_code: bool) -> torch.dtype:
+    """`auto` = the dtype the base model's config.json names (float32 when it names none)."""
+    if save_dtype != "auto":
+        return _SAVE_DTYPES[save_dtype]
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise BadInputError(f"cannot read the config of {base_model}: {error}") from error
+    named = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(named, str):
+        named = _SAVE_DTYPES.get(named.removeprefix("torch."))
+    return named if named in _SAVE_DTYPES.values() else torch.float32
+
+
+def hf_trainer_state(
+    *,
+    global_step: int,
+    max_steps: int,
+    epoch: float,
+    num_train_epochs: int,
+    log_history: list[dict[str, Any]],
+    logging_steps: int,
+    save_steps: int,
+    train_batch_size: int,
+    eval_steps: int | None = None,
+) -> dict[str, Any]:
+    """`trainer_state.json` in the schema of transformers' `TrainerState` (every field, so
+    `TrainerState.load_from_json` and tools that read HF checkpoints accept it)."""
+    return {
+        "best_global_step": None,
+        "best_metric": None,
+        "best_model_checkpoint": None,
+        "epoch": epoch,
+        "eval_steps": eval_steps,  # None: no evaluation during training
+        "global_step": global_step,
+        "is_hyper_param_search": False,
+        "is_local_process_zero": True,
+        "is_world_process_zero": True,
+        "log_history": log_history,
+        "logging_steps": logging_steps,
+        "max_steps": max_steps,
+        "num_input_tokens_seen": 0,
+        "num_train_epochs": num_train_epochs,
+        "save_steps": save_steps,
+        "stateful_callbacks": {},
+        "total_flos": 0.0,
+        "train_batch_size": train_batch_size,
+        "trial_name": None,
+        "trial_params": None,
+    }
+
+
+def save_final_model(*, output_dir: Path, model, tokenizer, config_json: dict[str, Any],
+                     save_dtype: torch.dtype) -> None:
     """The trained model in `output_dir` itself. Each file is renamed into place from a complete
     temporary folder, so a crash leaves the previous file or the new one, never a torn file."""
 
     def write(folder: Path) -> None:
-        save_model_folder(folder=folder, model=model, tokenizer=tokenizer)
+        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, dtype=save_dtype)
         (folder / CONFIG_FILE).write_text(json.dumps(config_json, indent=1))
 
     staged = write_atomically(output_dir=output_dir, name="final-model-staging", write=write)
@@ -153,11 +297,23 @@ def load_checkpoint_states(*, checkpoint: Path, rank: int) -> dict[str, Any]:
         raise BadInputError(f"{checkpoint} has no RNG state for process {rank}: resume with the "
                             "number of processes that wrote it")
     return {
-        "trainer_state": json.loads((checkpoint / TRAINER_STATE_FILE).read_text()),
+        "trainer_state": read_trainer_state(checkpoint),
         "optimizer": torch.load(checkpoint / OPTIMIZER_FILE, weights_only=True),
         "scheduler": torch.load(checkpoint / SCHEDULER_FILE, weights_only=True),
         "rng": torch.load(rng_file, weights_only=True),
     }
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """HF's trainer state with treerpo's resume fields merged in. Checkpoints written before
+    `treerpo_state.json` existed kept those fields (and `total_steps`) in trainer_state.json."""
+    state = json.loads((checkpoint / TRAINER_STATE_FILE).read_text())
+    own = checkpoint / TREERPO_STATE_FILE
+    if own.is_file():
+        state.update(json.loads(own.read_text()))
+    state.setdefault("max_steps", state.get("total_steps"))
+    state.setdefault("log_history", [])
+    return state
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -56,10 +56,11 @@ import torch
 
 from treerpo.config import OptimizationConfig, TrainConfig
 from treerpo.errors import BadInputError
+from treerpo.provenance import check_replay_provenance, tokenizer_fingerprint
 from treerpo.scoring.values import with_advantages
 from treerpo.store import repository
 from treerpo.store.database import Store
-from treerpo.training import checkpoints
+from treerpo.training import checkpoints, resume
 from treerpo.training.metrics import open_metrics_sink
 from treerpo.training.packed_forward import packed_tree_loss
 from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
@@ -250,10 +251,15 @@ class ReplayBatches:
 
 
 def select_replay_trees(
-    store: Store, *, source_runs: list[str], on_message: Callable[[str], None]
+    store: Store, *, source_runs: list[str], on_message: Callable[[str], None],
+    policy: ReplayPolicy | None = None,
 ) -> tuple[list[int], int]:
     """The stored trees to replay (of `source_runs`, or all), after scoring the unscored ones
-    with the default reward exactly as `treerpo score` would. Returns (tree ids, scored now)."""
+    with the default reward exactly as `treerpo score` would. Returns (tree ids, scored now).
+
+    With `policy`, the trees' provenance is checked first (`check_replay_provenance`): trees of
+    another tokenizer, or of another policy unless allowed, are refused before anything is
+    scored or written."""
     from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score
 
     run_ids = [repository.find_run(store, name).id for name in source_runs] or [None]
@@ -262,6 +268,13 @@ def select_replay_trees(
         where = f"runs {', '.join(source_runs)}" if source_runs else "the store"
         raise BadInputError(f"no trees to train on in {where}: grow some with `treerpo generate` "
                             "or give --dataset for chained training")
+    if policy is not None:
+        for warning in check_replay_provenance(
+                trees=repository.tree_provenance(
+                    store, run_ids=None if run_ids == [None] else run_ids),
+                tokenizer_hash=policy.tokenizer_hash, policy_version=policy.policy_version,
+                model=policy.model, allow_off_policy=policy.allow_off_policy):
+            on_message(warning)
     unscored = [tree_id for run_id in run_ids
                 for tree_id in select_trees_to_score(store, run_id=run_id)]
     if unscored:
@@ -269,6 +282,16 @@ def select_replay_trees(
                    "(as `treerpo score` would)")
         score_stored_trees(store, tree_ids=unscored)
     return [summary.tree_id for summary in summaries], len(unscored)
+
+
+@dataclass(frozen=True)
+class ReplayPolicy:
+    """The model replay trains, as its trees' provenance is checked against it."""
+
+    model: str
+    tokenizer_hash: str
+    policy_version: str
+    allow_off_policy: bool
 
 
 def total_steps_for(*, optimization: OptimizationConfig, batches_per_epoch: int) -> int:
@@ -317,7 +340,7 @@ def _run_training(
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from treerpo.engines.loading import load_tokenizer
+    from treerpo.engines.loading import load_tokenizer, policy_version
 
     callbacks = callbacks or TrainCallbacks()
     started = time.perf_counter()
@@ -329,14 +352,23 @@ def _run_training(
     output_dir = Path(config.output_dir).expanduser()
     run_name = config.resolved_run_name()
     summary = TrainSummary(run_name=run_name, output_dir=str(output_dir), is_main_process=main)
-    sink = open_metrics_sink(output_dir=output_dir, report_to=config.report_to,
-                             run_name=run_name, config=config, enabled=main)
     checkpoint = (checkpoints.resolve_checkpoint(config.resume_from_checkpoint,
                                                  output_dir=output_dir)
                   if config.resume_from_checkpoint else None)
+    resume_point = (resume.check_resume(checkpoint=checkpoint, optimization=opt)
+                    if checkpoint is not None else None)
+    if resume_point is not None and resume_point.finished:
+        say(resume.nothing_left_message(resume_point))
+        summary.start_step = summary.steps = resume_point.step
+        return summary
     trees_per_step = opt.per_device_train_batch_size * opt.gradient_accumulation_steps
     trees_per_step *= accelerator.num_processes
     config_json = config.model_dump(mode="json")
+    tokenizer = load_tokenizer(config.engine.model,
+                               trust_remote_code=config.engine.trust_remote_code)
+    save_dtype = checkpoints.resolve_save_dtype(
+        config.save_dtype, base_model=config.engine.model,
+        trust_remote_code=config.engine.trust_remote_code)
 
     replay_ids: list[int] = []
     if config.chained:
@@ -344,13 +376,25 @@ def _run_training(
 
         problems = load_chained_problems(config)  # bad data: exit 2 before any model loads
     else:
+        # Provenance is checked before anything is scored or written (exit 2 leaves the store
+        # and the output folder as they were).
+        replay_policy = ReplayPolicy(
+            model=config.engine.model, tokenizer_hash=tokenizer_fingerprint(tokenizer),
+            policy_version=policy_version(config.engine.model),
+            allow_off_policy=config.allow_off_policy)
         if main:
             replay_ids, summary.scored_first = select_replay_trees(
-                store, source_runs=config.source_runs, on_message=say)
+                store, source_runs=config.source_runs, on_message=say, policy=replay_policy)
         accelerator.wait_for_everyone()
         if not main:
             replay_ids, _ = select_replay_trees(store, source_runs=config.source_runs,
-                                                on_message=say)
+                                                on_message=say, policy=replay_policy)
+    if resume_point is not None:  # the run's length, before the run or its logs are touched
+        data_size = len(problems) if config.chained else len(replay_ids)
+        resume.check_total_steps(point=resume_point, total_steps=total_steps_for(
+            optimization=opt, batches_per_epoch=math.ceil(data_size / trees_per_step)))
+    sink = open_metrics_sink(output_dir=output_dir, report_to=config.report_to,
+                             run_name=run_name, config=config, enabled=main)
     if main:
         run_id = repository.get_or_create_run(store, name=run_name, kind="train",
                                               model=config.engine.model, config=config_json).id
@@ -359,8 +403,6 @@ def _run_training(
         run_id = repository.find_run(store, run_name).id
 
     set_seed(config.engine.seed)
-    tokenizer = load_tokenizer(config.engine.model,
-                               trust_remote_code=config.engine.trust_remote_code)
     model, ref_model, autocast_dtype = _load_models(config=config, checkpoint=checkpoint,
                                                     device=accelerator.device, say=say)
     if config.chained:
@@ -377,6 +419,7 @@ def _run_training(
                             autocast_dtype=autocast_dtype)
 
     step = 0
+    log_history: list[dict[str, Any]] = []
     if checkpoint is not None:
         states = checkpoints.load_checkpoint_states(checkpoint=checkpoint,
                                                     rank=accelerator.process_index)
@@ -389,6 +432,8 @@ def _run_training(
                                 f"resume with the same number (not {accelerator.num_processes}) "
                                 "so that every step sees the same trees")
         step = int(states["trainer_state"]["global_step"])
+        log_history = [entry for entry in states["trainer_state"]["log_history"]
+                       if entry.get("step", 0) <= step]
         say(f"resuming from {checkpoint} at step {step}")
         source.after_update(model)
     if main:
@@ -402,14 +447,16 @@ def _run_training(
         step = _train_loop(
             store=store, config=config, accelerator=accelerator, source=source, updater=updater,
             run_id=run_id, start_step=step, total_steps=total_steps, sink=sink,
-            callbacks=callbacks, summary=summary, tokenizer=tokenizer)
+            callbacks=callbacks, summary=summary, tokenizer=tokenizer,
+            checkpointing=checkpoints.Checkpointing(save_dtype=save_dtype,
+                                                    log_history=log_history))
     except BaseException:
         if main:
             repository.finish_run(store, run_id, status="failed")
         raise
     if main:
         checkpoints.save_final_model(output_dir=output_dir, model=model, tokenizer=tokenizer,
-                                     config_json=config_json)
+                                     config_json=config_json, save_dtype=save_dtype)
         repository.finish_run(store, run_id)
         sink.close()
     accelerator.wait_for_everyone()
@@ -420,7 +467,8 @@ def _run_training(
 
 def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: BatchSource,
                 updater: PolicyUpdater, run_id: int, start_step: int, total_steps: int, sink,
-                callbacks: TrainCallbacks, summary: TrainSummary, tokenizer) -> int:
+                callbacks: TrainCallbacks, summary: TrainSummary, tokenizer,
+                checkpointing: checkpoints.Checkpointing) -> int:
     """Steps `start_step + 1 .. total_steps`: update, record, log, checkpoint. Returns the last."""
     opt, main, model = config.optimization, accelerator.is_main_process, updater.model
     output_dir = Path(config.output_dir).expanduser()
@@ -448,12 +496,15 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
             callbacks.on_step(metrics)
             if step % config.logging_steps == 0 or step == total_steps:
                 sink.write(metrics)
+                checkpointing.log_history.append(metrics)
                 callbacks.on_log(metrics)
         summary.last_metrics = metrics
         if step % config.save_steps == 0:
-            path = _save(accelerator=accelerator, output_dir=output_dir, step=step, model=model,
-                         tokenizer=tokenizer, updater=updater, config=config,
-                         total_steps=total_steps, batch_ids=batch_ids)
+            path = checkpoints.save_training_checkpoint(
+                accelerator=accelerator, output_dir=output_dir, step=step, model=model,
+                tokenizer=tokenizer, optimizer=updater.optimizer, scheduler=updater.scheduler,
+                config=config, total_steps=total_steps, batch_ids=batch_ids,
+                batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing)
             if main:
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
                                                      checkpoint=str(path))
@@ -494,26 +545,6 @@ def _load_models(*, config: TrainConfig, checkpoint: Path | None, device, say):
                                 trust_remote_code=engine.trust_remote_code)
         ref_model.requires_grad_(False)
     return model, ref_model, autocast_dtype
-
-
-def _save(*, accelerator, output_dir: Path, step: int, model, tokenizer, updater: PolicyUpdater,
-          config: TrainConfig, total_steps: int, batch_ids: list[int]) -> Path:
-    from accelerate.utils import gather_object
-
-    rng_states = gather_object([(accelerator.process_index, checkpoints.capture_rng_state())])
-    path = output_dir / f"{checkpoints.CHECKPOINT_PREFIX}{step}"
-    if accelerator.is_main_process:
-        path = checkpoints.save_checkpoint(
-            output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
-            optimizer=updater.optimizer, scheduler=updater.scheduler,
-            trainer_state={"global_step": step, "total_steps": total_steps,
-                           "batch_index": (step - 1) // config.optimization.num_iterations,
-                           "batch_tree_ids": batch_ids,
-                           "num_processes": accelerator.num_processes},
-            config_json=config.model_dump(mode="json"), rng_states=dict(rng_states),
-            save_total_limit=config.save_total_limit)
-    accelerator.wait_for_everyone()
-    return path
 
 
 __all__ = [

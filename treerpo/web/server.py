@@ -75,10 +75,9 @@ class StorePages:
 
     def runs_page(self) -> str:
         rows = []
-        for run in browse.list_runs(self.store):
-            size = {"train": f"{run.num_steps} steps · {run.num_trees} trees",
-                    "eval": f"{run.num_eval_records} records"}.get(run.kind,
-                                                                   f"{run.num_trees} trees")
+        for run in reversed(repository.list_runs(self.store)):  # newest first
+            size = {"train": f"{run.steps} steps · {run.trees} trees",
+                    "eval": f"{run.records} records"}.get(run.kind, f"{run.trees} trees")
             rows.append(
                 f'<tr><td class="text"><a href="{esc(run_href(run.name))}">{esc(run.name)}</a>'
                 f'</td><td class="text">{esc(run.kind)}</td><td class="text">{esc(run.model)}'

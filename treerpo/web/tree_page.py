@@ -103,7 +103,8 @@ def _facts(tree: Tree, origin: TreeOrigin | None,
         run = (f'<a href="{esc(href)}">{esc(origin.run_name)}</a>' if href
                else esc(origin.run_name))
         facts += [("run", f"{run} <span class=\"muted\">({esc(origin.run_kind)})</span>"),
-                  ("model", esc(origin.model)), ("policy version", esc(origin.policy_version))]
+                  ("model", esc(origin.model)), ("policy version", esc(origin.policy_version)),
+                  ("scored by", esc(origin.reward_fn or "– (not scored)"))]
     facts += [
         ("size", f"{len(tree.nodes)} nodes · {len(leaves)} leaves · depth {tree.max_depth} · "
                  f"{tree.num_completion_tokens} completion tokens · {esc(tree.rollout)} rollout"),
