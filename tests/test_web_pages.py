@@ -180,3 +180,13 @@ def test_cli_refuses_unknown_runs_trees_and_steps(web, db_url, tmp_path):
 def test_tree_page_without_tokenizer_says_why(web):
     page = render_tree_page(injection_tree(np.random.default_rng(0)))
     assert _tree_json(page)["pieces"] is None
+
+
+def test_page_commands_read_a_missing_store_without_creating_it(tmp_path):
+    missing = tmp_path / "none.db"
+    for args in (("report", "a-run", "--html", tmp_path / "r.html"),
+                 ("inspect", "1", "--html", tmp_path / "t.html"),
+                 ("serve", "--port", "0")):
+        result = run_cli(*args, "--db", f"sqlite:///{missing}")
+        assert result.exit_code == 2, (args, result.stderr)
+        assert not missing.exists()
