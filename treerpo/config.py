@@ -65,10 +65,15 @@ class EngineConfig(_Strict):
     logprob_temperature: LogprobTemperatureMode = "raw"
     # HF engine: requests decoded together in one batch.
     generation_batch_size: int = Field(default=64, ge=1)
-    # vLLM engine only.
+    # vLLM engine only. gpu_memory_utilization is a share of the GPU's total memory; `train`
+    # defaults it to 0.3 (TRL's colocate default), as the policy and AdamW share the GPU there.
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=16)
     enable_prefix_caching: bool = True
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_max_num_seqs: int | None = Field(default=None, ge=1)
+    # Chained training: free vLLM's weights and KV cache while the policy updates.
+    vllm_enable_sleep_mode: bool = False
 
 
 def _check_growth_logprobs(*, tree: TreeSettings, engine: EngineConfig) -> None:
