@@ -172,7 +172,10 @@ class PolicyUpdater:
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, kl x tokens
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.accelerator.device)
+        # loss, clipped tokens, kl x tokens, ratio x tokens
+        sums = torch.zeros(4, dtype=torch.float64)
         for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True):
             if tokens == 0:
                 continue
@@ -188,14 +191,16 @@ class PolicyUpdater:
             share = mass / total_mass
             (loss * share).backward()
             sums += torch.tensor([loss.item() * share, metrics["clip_fraction"] * tokens,
-                                  metrics.get("kl", 0.0) * tokens], dtype=torch.float64)
+                                  metrics.get("kl", 0.0) * tokens, metrics["ratio_mean"] * tokens],
+                                 dtype=torch.float64)
         for parameter in self.parameters:
             if parameter.grad is None:  # a shard without trained tokens still joins the sum
                 parameter.grad = torch.zeros_like(parameter)
         if self.accelerator.num_processes > 1:
             for parameter in self.parameters:
                 torch.distributed.all_reduce(parameter.grad)
-        loss_sum, clipped_tokens, kl_token_sum = self._sum_over_processes(sums).tolist()
+        loss_sum, clipped_tokens, kl_token_sum, ratio_token_sum = (
+            self._sum_over_processes(sums).tolist())
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf)
         learning_rate = self.scheduler.get_last_lr()[0]
@@ -207,6 +212,9 @@ class PolicyUpdater:
             "loss": loss_sum,
             **rollout_metrics(rollout_totals),
             "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
+            # Token mean of exp(logp_new - logp_behaviour) before the step: ~1 on the first
+            # step of a chained run, where the engine's and the trainer's logprobs meet.
+            "ratio_mean": ratio_token_sum / total_tokens if total_tokens else 1.0,
             "kl": kl_token_sum / total_tokens if opt.beta > 0 and total_tokens else None,
             "grad_norm": float(grad_norm),
             "learning_rate": learning_rate,
@@ -215,6 +223,9 @@ class PolicyUpdater:
             "num_tokens": int(total_tokens),
             "num_groups": int(total_groups),
             "seconds": seconds,
+            # This process's peak GPU memory during the update (None on CPU).
+            "peak_memory_mb": (torch.cuda.max_memory_allocated(self.accelerator.device) / 2**20
+                               if self.accelerator.device.type == "cuda" else None),
         }
 
     def _autocast(self):
