@@ -12,7 +12,8 @@ update), launched as its own process so that peak memory is that run's alone:
 - hf: the Hugging Face engine sharing the policy's weights;
 - vllm: vLLM colocated at `--gpu-memory-utilization` 0.3 with sleep mode and TP=1 (skipped when
   vLLM is not importable);
-- hf, 2 processes: torchrun with two processes when two GPUs are present.
+- 2 processes (torchrun, when two GPUs are present): DDP with the HF engine, and FSDP2
+  full_shard with vLLM (chained training under FSDP grows trees with vLLM only).
 
 Columns: seconds per step (growth + scoring + update, from the run's metrics), the update's peak
 GPU memory, and the mean PPO ratio exp(logp_trainer - logp_engine) of the first step, which must
@@ -74,8 +75,12 @@ def main() -> int:
         print("vLLM is not installed: its row is skipped (pip install 'treerpo[vllm]')")
     if torch.cuda.device_count() >= 2:
         torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
-        runs.append(("hf, 2 processes (torchrun)",
-                     [torchrun, "--standalone", "--nproc-per-node", "2"], ["--engine", "hf"]))
+        two = [torchrun, "--standalone", "--nproc-per-node", "2"]
+        runs.append(("hf, 2 processes, DDP", two, ["--engine", "hf"]))
+        if importlib.util.find_spec("vllm") is not None:  # chained FSDP grows with vLLM only
+            runs.append(("vllm, 2 processes, FSDP full_shard", two,
+                         ["--engine", "vllm", "--gpu-memory-utilization", "0.3",
+                          "--vllm-enable-sleep-mode", "--fsdp", "full_shard"]))
     else:
         print("one GPU: the two-process row is skipped")
 

@@ -128,6 +128,25 @@ SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "co
                    "constant_with_warmup", "inverse_sqrt")
 
 
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "auto_wrap")
+
+
+def parse_fsdp(option: str) -> tuple[str, ...]:
+    """HF TrainingArguments' `--fsdp` string ("full_shard auto_wrap") → its known words; one of
+    full_shard / shard_grad_op must be there; auto_wrap is implied (decoder layers are wrapped)."""
+    words = tuple(option.replace(",", " ").split())
+    unknown = [word for word in words if word not in FSDP_OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown --fsdp option(s) {', '.join(unknown)}: use full_shard or "
+                         "shard_grad_op (auto_wrap is implied; offload and hybrid sharding are not "
+                         "supported)")
+    if words and not ({"full_shard", "shard_grad_op"} & set(words)):
+        raise ValueError("--fsdp needs full_shard or shard_grad_op")
+    if {"full_shard", "shard_grad_op"} <= set(words):
+        raise ValueError("--fsdp: choose one of full_shard and shard_grad_op")
+    return words
+
+
 class OptimizationConfig(_Strict):
     """The update: batch shape, schedule, AdamW and the TreeRPO loss. Names follow TRL's
     `GRPOConfig` (see the README's mapping table)."""
@@ -180,6 +199,14 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(default=10, ge=1)
     report_to: ReportTo = "none"
     resume_from_checkpoint: str | None = None
+    # HF TrainingArguments' --fsdp: "full_shard" or "shard_grad_op" ("auto_wrap" implied); ""
+    # = DDP when several processes run (treerpo.training.distributed).
+    fsdp: str = ""
+
+    @field_validator("fsdp")
+    @classmethod
+    def _known_fsdp_options(cls, fsdp: str) -> str:
+        return " ".join(parse_fsdp(fsdp))
 
     @field_validator("output_dir")
     @classmethod
@@ -213,7 +240,7 @@ class TrainConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={
             "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
-            "save_total_limit", "report_to"})
+            "save_total_limit", "report_to", "fsdp"})  # fsdp: the same updates, sharded
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.output_dir).name)

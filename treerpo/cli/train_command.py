@@ -78,6 +78,10 @@ ReportTo = Annotated[str, typer.Option(
     "--report-to", help="none, tensorboard or wandb (the package must be installed).")]
 ResumeFrom = Annotated[str | None, typer.Option(
     "--resume-from-checkpoint", help="A checkpoint folder, or `latest` in --output-dir.")]
+Fsdp = Annotated[str, typer.Option(
+    "--fsdp", help="Shard the policy over the processes with FSDP2 (HF TrainingArguments' "
+    "spelling): full_shard (ZeRO-3-like) or shard_grad_op (ZeRO-2-like); auto_wrap is implied. "
+    "Default: DDP when several processes run.")]
 
 
 def train(
@@ -117,6 +121,7 @@ def train(
     logging_steps: LoggingSteps = 10,
     report_to: ReportTo = "none",
     resume_from_checkpoint: ResumeFrom = None,
+    fsdp: Fsdp = "",
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
@@ -176,7 +181,8 @@ def train(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
         optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
         save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
-        resume_from_checkpoint=resume_from_checkpoint, **opt.growth_config_parts(locals()))
+        resume_from_checkpoint=resume_from_checkpoint, fsdp=fsdp,
+        **opt.growth_config_parts(locals()))
     from treerpo.training.trainer import TrainCallbacks, run_training
 
     console = stdout_console()

@@ -109,6 +109,8 @@ class ChainedBatches:
         mine = [self.problems[index] for index in chosen.tolist()][
             rank::self.accelerator.num_processes]
         own_ids: list[int] = []
+        # Before any branch: under FSDP gathering the weights is a collective of every process.
+        self._refresh_vllm_weights()
         if mine:
             problem_ids = repository.upsert_problems(self.store, [
                 (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
@@ -122,7 +124,6 @@ class ChainedBatches:
                                                                          strict=True)
                     if problem_id not in existing]
             if todo:
-                self._refresh_vllm_weights()
                 grown = grow_and_store(
                     store=self.store, engine=self._engine(batch_index), tokenizer=self.tokenizer,
                     problems=[problem for problem, _ in todo],
@@ -132,11 +133,11 @@ class ChainedBatches:
                     seed=self._seed(batch_index), epoch=epoch)
                 existing.update({tree.problem_id: tree.tree_id for tree in grown})
             own_ids = [existing[problem_id] for problem_id in problem_ids]
-            if self.vllm_engine is not None:
-                self.vllm_engine.sleep()  # sleep mode: free vLLM's memory for the updates
             unscored = select_trees_to_score(self.store, tree_ids=own_ids)
             if unscored:
                 score_stored_trees(self.store, tree_ids=unscored)
+        if self.vllm_engine is not None:
+            self.vllm_engine.sleep()  # sleep mode: free vLLM's memory for the updates
         if self.accelerator.num_processes == 1:
             return own_ids
         return [tree_id for ids in gather_object([own_ids]) for tree_id in ids]
@@ -152,7 +153,9 @@ class ChainedBatches:
         """Push the policy's weights into vLLM when they changed (waking it from sleep mode)."""
         if self.vllm_engine is not None and (self._vllm_weights_stale
                                              or self.vllm_engine.sleeping):
-            self.vllm_engine.load_weights(self.model.named_parameters())
+            from treerpo.training.distributed import full_named_parameters
+
+            self.vllm_engine.load_weights(full_named_parameters(self.model))
             self._vllm_weights_stale = False
 
     def _engine(self, batch_index: int):

@@ -4,7 +4,8 @@
 
 - the policy as `save_pretrained` writes it (safetensors) and the tokenizer, so any checkpoint
   loads with `AutoModelForCausalLM.from_pretrained` (or `treerpo eval gsm8k --model ...`);
-- `optimizer.pt`, `scheduler.pt`: the AdamW and learning-rate scheduler states;
+- `optimizer.pt`, `scheduler.pt`: the AdamW and learning-rate scheduler states (under FSDP the
+  whole optimizer state keyed by parameter name, gathered from the shards);
 - `rng_state_RANK.pth`: python, numpy and torch (CPU and CUDA) generator states of each process;
 - `trainer_state.json`: the step, the data order position, the trees of the batch in progress;
 - `train_config.json`: the whole `TrainConfig` the run was started with.
@@ -98,21 +99,23 @@ def save_checkpoint(
     step: int,
     model,
     tokenizer,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler,
     trainer_state: dict[str, Any],
     config_json: dict[str, Any],
     rng_states: dict[int, dict[str, Any]],
     save_total_limit: int | None,
+    model_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `checkpoint-STEP` atomically (module docstring), then rotate old checkpoints.
 
-    `rng_states` maps each process rank to its `capture_rng_state()`.
+    `rng_states` maps each process rank to its `capture_rng_state()`; `model_state`, when given,
+    is the whole state dict to save instead of `model`'s own (FSDP's gathered one).
     """
 
     def write(folder: Path) -> None:
-        save_model_folder(folder=folder, model=model, tokenizer=tokenizer)
-        torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, state_dict=model_state)
+        torch.save(optimizer_state, folder / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), folder / SCHEDULER_FILE)
         for rank, state in rng_states.items():
             torch.save(state, folder / f"rng_state_{rank}.pth")
@@ -126,18 +129,22 @@ def save_checkpoint(
     return path
 
 
-def save_model_folder(*, folder: Path, model, tokenizer) -> None:
-    """The model as safetensors (float32 master weights as trained) and its tokenizer."""
-    model.save_pretrained(folder, safe_serialization=True)
+def save_model_folder(*, folder: Path, model, tokenizer,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """The model as safetensors (float32 master weights as trained) and its tokenizer;
+    `state_dict` replaces the model's own (FSDP: the gathered whole weights)."""
+    model.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(folder)
 
 
-def save_final_model(*, output_dir: Path, model, tokenizer, config_json: dict[str, Any]) -> None:
+def save_final_model(*, output_dir: Path, model, tokenizer, config_json: dict[str, Any],
+                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """The trained model in `output_dir` itself. Each file is renamed into place from a complete
     temporary folder, so a crash leaves the previous file or the new one, never a torn file."""
 
     def write(folder: Path) -> None:
-        save_model_folder(folder=folder, model=model, tokenizer=tokenizer)
+        save_model_folder(folder=folder, model=model, tokenizer=tokenizer,
+                          state_dict=state_dict)
         (folder / CONFIG_FILE).write_text(json.dumps(config_json, indent=1))
 
     staged = write_atomically(output_dir=output_dir, name="final-model-staging", write=write)
