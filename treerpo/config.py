@@ -65,10 +65,15 @@ class EngineConfig(_Strict):
     logprob_temperature: LogprobTemperatureMode = "raw"
     # HF engine: requests decoded together in one batch.
     generation_batch_size: int = Field(default=64, ge=1)
-    # vLLM engine only.
+    # vLLM engine only. gpu_memory_utilization is a share of the GPU's total memory; `train`
+    # defaults it to 0.3 (TRL's colocate default), as the policy and AdamW share the GPU there.
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=16)
     enable_prefix_caching: bool = True
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_max_num_seqs: int | None = Field(default=None, ge=1)
+    # Chained training: free vLLM's weights and KV cache while the policy updates.
+    vllm_enable_sleep_mode: bool = False
 
 
 def _check_growth_logprobs(*, tree: TreeSettings, engine: EngineConfig) -> None:
@@ -149,6 +154,25 @@ SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "co
                    "constant_with_warmup", "inverse_sqrt")
 
 
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "auto_wrap")
+
+
+def parse_fsdp(option: str) -> tuple[str, ...]:
+    """HF TrainingArguments' `--fsdp` string ("full_shard auto_wrap") → its known words; one of
+    full_shard / shard_grad_op must be there; auto_wrap is implied (decoder layers are wrapped)."""
+    words = tuple(option.replace(",", " ").split())
+    unknown = [word for word in words if word not in FSDP_OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown --fsdp option(s) {', '.join(unknown)}: use full_shard or "
+                         "shard_grad_op (auto_wrap is implied; offload and hybrid sharding are not "
+                         "supported)")
+    if words and not ({"full_shard", "shard_grad_op"} & set(words)):
+        raise ValueError("--fsdp needs full_shard or shard_grad_op")
+    if {"full_shard", "shard_grad_op"} <= set(words):
+        raise ValueError("--fsdp: choose one of full_shard and shard_grad_op")
+    return words
+
+
 class OptimizationConfig(_Strict):
     """The update: batch shape, schedule, AdamW and the TreeRPO loss. Names follow TRL's
     `GRPOConfig` (see the README's mapping table)."""
@@ -205,6 +229,14 @@ class TrainConfig(_Strict):
     allow_off_policy: bool = False
     # dtype of the saved checkpoints and final model; auto = the base model's (its config.json).
     save_dtype: SaveDtypeName = "auto"
+    # HF TrainingArguments' --fsdp: "full_shard" or "shard_grad_op" ("auto_wrap" implied); ""
+    # = DDP when several processes run (treerpo.training.distributed).
+    fsdp: str = ""
+
+    @field_validator("fsdp")
+    @classmethod
+    def _known_fsdp_options(cls, fsdp: str) -> str:
+        return " ".join(parse_fsdp(fsdp))
 
     @field_validator("output_dir")
     @classmethod
@@ -238,7 +270,8 @@ class TrainConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={
             "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
-            "save_total_limit", "report_to", "allow_off_policy", "save_dtype"})
+            "save_total_limit", "report_to", "allow_off_policy", "save_dtype",
+            "fsdp"})  # fsdp: the same updates, sharded
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.output_dir).name)

@@ -46,6 +46,8 @@ def generate(
     gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
     max_model_len: opt.MaxModelLen = None,
     enable_prefix_caching: opt.EnablePrefixCaching = True,
+    vllm_tensor_parallel_size: opt.VllmTensorParallelSize = 1,
+    vllm_max_num_seqs: opt.VllmMaxNumSeqs = None,
     logprob_temperature: opt.LogprobTemperature = "raw",
     rollout: opt.Rollout = "tree",
     branching: opt.Branching = "resample",

@@ -50,12 +50,26 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed (sampling and alt
 GenerationBatchSize = Annotated[int, typer.Option(
     "--generation-batch-size", help="HF engine: requests decoded together.")]
 GpuMemoryUtilization = Annotated[float, typer.Option(
-    "--gpu-memory-utilization", help="vLLM: share of GPU memory it may use.")]
+    "--gpu-memory-utilization", help="vLLM: share of the GPU's total memory it reserves.")]
+TrainGpuMemoryUtilization = Annotated[float, typer.Option(
+    "--gpu-memory-utilization",
+    help="vLLM: share of the GPU's total memory it reserves; default 0.3 (TRL's colocate "
+         "default), as the policy and its optimizer share the GPU.")]
 MaxModelLen = Annotated[int | None, typer.Option("--max-model-len",
                                                  help="vLLM: maximum context length.")]
 EnablePrefixCaching = Annotated[bool, typer.Option(
     "--enable-prefix-caching/--no-enable-prefix-caching",
     help="vLLM: reuse the KV cache of shared prefixes (tree paths share theirs).")]
+VllmTensorParallelSize = Annotated[int, typer.Option(
+    "--vllm-tensor-parallel-size", min=1,
+    help="vLLM: GPUs each engine shards the model over (tensor parallelism).")]
+VllmMaxNumSeqs = Annotated[int | None, typer.Option(
+    "--vllm-max-num-seqs", min=1,
+    help="vLLM: most sequences decoded at once (default: vLLM's choice for the GPU).")]
+VllmEnableSleepMode = Annotated[bool, typer.Option(
+    "--vllm-enable-sleep-mode/--no-vllm-enable-sleep-mode",
+    help="vLLM in chained training: free its weights and KV cache during each update, then "
+         "wake and push the new weights.")]
 LogprobTemperature = Annotated[str, typer.Option(
     "--logprob-temperature", help="Behaviour and trained logprobs: raw (log_softmax(logits)) or "
     "sampling (log_softmax(logits / --temperature), as TRL). Stored with every tree; sampling "
@@ -131,7 +145,10 @@ DATA_FLAGS = ("dataset", "split", "dataset_config", "limit", "offset", "problem_
               "answer_field")
 ENGINE_FLAGS = ("model", "engine", "torch_dtype", "trust_remote_code", "seed",
                 "generation_batch_size", "gpu_memory_utilization", "max_model_len",
-                "enable_prefix_caching", "logprob_temperature")
+                "enable_prefix_caching", "logprob_temperature", "vllm_tensor_parallel_size",
+                "vllm_max_num_seqs")
+# Engine flags only `train` has (the engine's weights change only there).
+TRAIN_ENGINE_FLAGS = ("vllm_enable_sleep_mode",)
 PROMPT_FLAGS = ("system_prompt", "prompt_template")
 TREE_FLAGS = ("rollout", "branching", "num_generations", "max_depth", "min_segment_len",
               "entropy_threshold", "entropy_topk", "coverage_min_chars", "coverage_children_max",
@@ -148,7 +165,8 @@ def growth_config_parts(flags: Mapping[str, Any]) -> dict[str, Any]:
 
     return {
         "data": None if flags.get("dataset") is None else data_config(**pick(DATA_FLAGS)),
-        "engine": engine_config(**pick(ENGINE_FLAGS)),
+        "engine": engine_config(**pick(ENGINE_FLAGS), **{
+            name: flags[name] for name in TRAIN_ENGINE_FLAGS if name in flags}),
         "prompt": prompt_settings(**pick(PROMPT_FLAGS)),
         "tree": tree_settings(**pick(TREE_FLAGS)),
         "sampling": sampling_config(**pick(SAMPLING_FLAGS)),

@@ -86,6 +86,10 @@ AllowOffPolicy = Annotated[bool, typer.Option(
 SaveDtype = Annotated[str, typer.Option(
     "--save-dtype", help="dtype of checkpoints and the final model: auto (the base model's), "
     "float32, bfloat16 or float16. Master weights stay float32.")]
+Fsdp = Annotated[str, typer.Option(
+    "--fsdp", help="Shard the policy over the processes with FSDP2 (HF TrainingArguments' "
+    "spelling): full_shard (ZeRO-3-like) or shard_grad_op (ZeRO-2-like); auto_wrap is implied. "
+    "Default: DDP when several processes run.")]
 
 
 def train(
@@ -127,14 +131,18 @@ def train(
     resume_from_checkpoint: ResumeFrom = None,
     allow_off_policy: AllowOffPolicy = False,
     save_dtype: SaveDtype = "auto",
+    fsdp: Fsdp = "",
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 42,
     generation_batch_size: opt.GenerationBatchSize = 64,
-    gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
+    gpu_memory_utilization: opt.TrainGpuMemoryUtilization = 0.3,
     max_model_len: opt.MaxModelLen = None,
     enable_prefix_caching: opt.EnablePrefixCaching = True,
+    vllm_tensor_parallel_size: opt.VllmTensorParallelSize = 1,
+    vllm_max_num_seqs: opt.VllmMaxNumSeqs = None,
+    vllm_enable_sleep_mode: opt.VllmEnableSleepMode = False,
     logprob_temperature: opt.LogprobTemperature = "raw",
     rollout: opt.Rollout = "tree",
     branching: opt.Branching = "resample",
@@ -194,7 +202,7 @@ def train(
         optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
         save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
         resume_from_checkpoint=resume_from_checkpoint, allow_off_policy=allow_off_policy,
-        save_dtype=save_dtype, **opt.growth_config_parts(locals()))
+        save_dtype=save_dtype, fsdp=fsdp, **opt.growth_config_parts(locals()))
     from treerpo.training.trainer import TrainCallbacks, run_training
 
     console = stdout_console()

@@ -12,8 +12,10 @@ The engine follows the policy:
   the next batch for free. A fresh engine wrapper is made per batch with a seed derived from
   (seed, batch, process), which makes a resumed run grow exactly the trees the uninterrupted run
   would have grown.
-- vLLM: one engine for the run; after every optimizer step the trainer's parameters are loaded
-  into it in place (`engine.load_weights`), never through a checkpoint on disk.
+- vLLM: one engine for the run; before each growth that follows an optimizer step the trainer's
+  parameters are loaded into it in place (`engine.load_weights`), never through a checkpoint on
+  disk. With `--vllm-enable-sleep-mode` the engine sleeps (weights and KV cache freed) from the
+  end of each growth until that push, so the update has the GPU's memory to itself.
 
 Both engines are built with the logprob temperature of `--logprob-temperature` (raw: 1.0;
 sampling: the sampling temperature), which every grown tree stores and the trainer's forward uses.
@@ -89,6 +91,7 @@ class ChainedBatches:
             engine.logprob_temperature, sampling_temperature=config.sampling.temperature)
         self.engine_name = resolve_engine_name(engine.engine)
         self.vllm_engine = None
+        self._vllm_weights_stale = False  # the policy changed since vLLM last got its weights
         if self.engine_name == "vllm":
             self.vllm_engine, _ = create_engine_from_config(
                 engine.model_copy(update={"engine": "vllm",
@@ -109,6 +112,8 @@ class ChainedBatches:
         mine = [self.problems[index] for index in chosen.tolist()][
             rank::self.accelerator.num_processes]
         own_ids: list[int] = []
+        # Before any branch: under FSDP gathering the weights is a collective of every process.
+        self._refresh_vllm_weights()
         if mine:
             problem_ids = repository.upsert_problems(self.store, [
                 (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
@@ -135,14 +140,27 @@ class ChainedBatches:
             unscored = select_trees_to_score(self.store, tree_ids=own_ids)
             if unscored:
                 score_stored_trees(self.store, tree_ids=unscored)
+        if self.vllm_engine is not None:
+            self.vllm_engine.sleep()  # sleep mode: free vLLM's memory for the updates
         if self.accelerator.num_processes == 1:
             return own_ids
         return [tree_id for ids in gather_object([own_ids]) for tree_id in ids]
 
     def after_update(self, model) -> None:
-        """vLLM: load the new weights in place. The HF engine shares `model` already."""
+        """vLLM: its weights are now stale; they are pushed once, right before the next growth
+        (with --num-iterations > 1 several updates share one push). The HF engine shares
+        `model` already."""
         if self.vllm_engine is not None:
-            self.vllm_engine.load_weights(model.named_parameters())
+            self._vllm_weights_stale = True
+
+    def _refresh_vllm_weights(self) -> None:
+        """Push the policy's weights into vLLM when they changed (waking it from sleep mode)."""
+        if self.vllm_engine is not None and (self._vllm_weights_stale
+                                             or self.vllm_engine.sleeping):
+            from treerpo.training.distributed import full_named_parameters
+
+            self.vllm_engine.load_weights(full_named_parameters(self.model))
+            self._vllm_weights_stale = False
 
     def _engine(self, batch_index: int):
         if self.vllm_engine is not None:

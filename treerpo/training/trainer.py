@@ -19,7 +19,8 @@ One optimizer step (DESIGN step 10):
    on every root-to-leaf path with segment advantages weighs; `treerpo.training.loss`). Each
    tree's loss is scaled by (its groups, tokens or visitation mass) / (the step's, summed over
    processes), so the accumulated gradient is exactly the gradient of the step's mean.
-5. Gradients are summed over processes, clipped to max_grad_norm, and AdamW steps; the learning
+5. Gradients are summed over processes (DDP or FSDP2 under the padding scheme of
+   `treerpo.training.distributed`), clipped to max_grad_norm, and AdamW steps; the learning
    rate follows transformers' `get_scheduler`. With num_iterations = mu > 1 the same batch serves
    mu consecutive optimizer steps (behaviour logprobs stay the stored ones, so the ratio is real).
 
@@ -31,9 +32,10 @@ Departures from the textbook and from TRL's GRPOTrainer, on purpose:
   per micro-batch: a micro-batch with few groups does not weigh more than its share.
 - Each tree is back-propagated on its own (the micro-batch is a unit of data, not of memory):
   activation memory is bounded by the largest (sub-)pack, see `--max-packed-tokens`.
-- Multi-process (`accelerate launch`): no DDP wrapper. Processes may hold different numbers of
-  trees and packs in a step, which DDP's per-backward all-reduce cannot express; gradients are
-  instead summed once per optimizer step (what DDP does under `no_sync`).
+- Multi-process (`torchrun` / `accelerate launch`): processes hold different numbers of trees
+  and packs in a step, so every process is padded to the same sequence of forwards and
+  backwards with zero-weight passes, and DDP or FSDP2 then communicate in step
+  (`treerpo.training.distributed`).
 - Master weights are float32. `--torch-dtype bfloat16/float16` on a GPU runs the forward under
   autocast; on CPU it trains in float32 (bf16 master weights would round away 1e-6 updates).
 - Weight decay applies to matrices only (ndim >= 2), not to biases and norms (as HF Trainer).
@@ -61,8 +63,20 @@ from treerpo.scoring.values import with_advantages
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.training import checkpoints, resume
+from treerpo.training.distributed import (
+    ParallelPlan,
+    full_model_state,
+    gradient_norm,
+    load_optimizer_state,
+    resolve_parallelism,
+    synchronising,
+    update_schedule,
+    wrap_policy,
+    zero_weight_forward,
+)
 from treerpo.training.metrics import open_metrics_sink
 from treerpo.training.packed_forward import packed_tree_loss
+from treerpo.training.packing import pack_tree
 from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
 from treerpo.trees import Tree
 
@@ -130,7 +144,10 @@ class PolicyUpdater:
     optimizer step over this process's shard of a step (module docstring)."""
 
     def __init__(self, *, model, ref_model, optimization: OptimizationConfig, total_steps: int,
-                 accelerator, autocast_dtype: torch.dtype | None) -> None:
+                 accelerator, autocast_dtype: torch.dtype | None,
+                 plan: ParallelPlan | None = None) -> None:
+        """`model` is what forwards run through: the policy, or its DDP/FSDP2 wrapping by
+        `distributed.wrap_policy` under `plan` (then the optimizer holds the sharded params)."""
         from transformers import get_scheduler
 
         self.model = model
@@ -138,6 +155,9 @@ class PolicyUpdater:
         self.optimization = optimization
         self.accelerator = accelerator
         self.autocast_dtype = autocast_dtype
+        self.plan = plan or ParallelPlan(mode="single", num_processes=1)
+        if self.plan.mode == "single" and accelerator.num_processes > 1:
+            raise ValueError("several processes need a ddp or fsdp plan")
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.ndim >= 2]
         no_decay = [p for p in self.parameters if p.ndim < 2]
@@ -173,32 +193,51 @@ class PolicyUpdater:
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, kl x tokens
-        for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True):
-            if tokens == 0:
-                continue
-            with self._autocast():
-                loss, metrics = packed_tree_loss(
-                    model=self.model, trees=[tree], max_packed_tokens=opt.max_packed_tokens,
-                    epsilon=opt.epsilon, epsilon_high=opt.epsilon_high,
-                    aggregation=opt.loss_aggregation, ref_model=self.ref_model, beta=opt.beta)
-            if (metrics["num_tokens"], metrics["num_groups"]) != (tokens, groups):
-                raise RuntimeError(f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} "
-                                   f"tokens in {metrics['num_groups']} groups, expected {tokens} "
-                                   f"in {groups}")
-            share = mass / total_mass
-            (loss * share).backward()
-            sums += torch.tensor([loss.item() * share, metrics["clip_fraction"] * tokens,
-                                  metrics.get("kl", 0.0) * tokens], dtype=torch.float64)
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.accelerator.device)
+        # loss, clipped tokens, kl x tokens, ratio x tokens
+        sums = torch.zeros(4, dtype=torch.float64)
+        units = [(tree, tokens, groups, mass)
+                 for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True)
+                 if tokens > 0]
+        local_forwards = [self._forwards_of(tree) for tree, *_ in units]
+        schedule = update_schedule(plan=self.plan, local_forwards=local_forwards,
+                                   device=self.accelerator.device)
+        for index, forwards in enumerate(schedule.forwards):
+            last_unit = index == len(schedule.forwards) - 1
+            with synchronising(self.model, plan=self.plan, last_unit=last_unit):
+                unit_loss, used_forwards = None, 0
+                if index < len(units):
+                    tree, tokens, groups, mass = units[index]
+                    with self._autocast():
+                        loss, metrics = packed_tree_loss(
+                            model=self.model, trees=[tree],
+                            max_packed_tokens=opt.max_packed_tokens, epsilon=opt.epsilon,
+                            epsilon_high=opt.epsilon_high, aggregation=opt.loss_aggregation,
+                            ref_model=self.ref_model, beta=opt.beta)
+                    if (metrics["num_tokens"], metrics["num_groups"]) != (tokens, groups):
+                        raise RuntimeError(
+                            f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} tokens in "
+                            f"{metrics['num_groups']} groups, expected {tokens} in {groups}")
+                    share = mass / total_mass
+                    unit_loss = loss * (share * schedule.loss_scale)
+                    used_forwards = local_forwards[index]
+                    sums += torch.tensor(
+                        [loss.item() * share, metrics["clip_fraction"] * tokens,
+                         metrics.get("kl", 0.0) * tokens, metrics["ratio_mean"] * tokens],
+                        dtype=torch.float64)
+                for _ in range(forwards - used_forwards):  # padding: same collectives, no grad
+                    with self._autocast():
+                        padding = zero_weight_forward(self.model)
+                    unit_loss = padding if unit_loss is None else unit_loss + padding
+                unit_loss.backward()
         for parameter in self.parameters:
-            if parameter.grad is None:  # a shard without trained tokens still joins the sum
+            if parameter.grad is None:  # a step without trained tokens still steps the same
                 parameter.grad = torch.zeros_like(parameter)
-        if self.accelerator.num_processes > 1:
-            for parameter in self.parameters:
-                torch.distributed.all_reduce(parameter.grad)
-        loss_sum, clipped_tokens, kl_token_sum = self._sum_over_processes(sums).tolist()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf)
+        loss_sum, clipped_tokens, kl_token_sum, ratio_token_sum = (
+            self._sum_over_processes(sums).tolist())
+        grad_norm = gradient_norm(torch.nn.utils.clip_grad_norm_(
+            self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf))
         learning_rate = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -208,15 +247,27 @@ class PolicyUpdater:
             "loss": loss_sum,
             **rollout_metrics(rollout_totals),
             "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
+            # Token mean of exp(logp_new - logp_behaviour) before the step: ~1 on the first
+            # step of a chained run, where the engine's and the trainer's logprobs meet.
+            "ratio_mean": ratio_token_sum / total_tokens if total_tokens else 1.0,
             "kl": kl_token_sum / total_tokens if opt.beta > 0 and total_tokens else None,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "learning_rate": learning_rate,
             "tokens_per_second": total_tokens / seconds if seconds > 0 else 0.0,
             "num_trees": int(num_trees),
             "num_tokens": int(total_tokens),
             "num_groups": int(total_groups),
             "seconds": seconds,
+            # This process's peak GPU memory during the update (None on CPU).
+            "peak_memory_mb": (torch.cuda.max_memory_allocated(self.accelerator.device) / 2**20
+                               if self.accelerator.device.type == "cuda" else None),
         }
+
+    def _forwards_of(self, tree: Tree) -> int:
+        """Policy forwards the packed loss of `tree` runs: one per (sub-)pack."""
+        if self.optimization.max_packed_tokens is None or not self.plan.wrapped:
+            return 1
+        return len(pack_tree(tree=tree, max_packed_tokens=self.optimization.max_packed_tokens))
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -369,6 +420,14 @@ def _run_training(
     save_dtype = checkpoints.resolve_save_dtype(
         config.save_dtype, base_model=config.engine.model,
         trust_remote_code=config.engine.trust_remote_code)
+    plan = resolve_parallelism(accelerator=accelerator, fsdp=config.fsdp)
+    if plan.mode == "fsdp" and config.chained:
+        from treerpo.engines import resolve_engine_name
+
+        if resolve_engine_name(config.engine.engine) != "vllm":
+            raise BadInputError("chained training under FSDP grows trees with vLLM only (the HF "
+                                "engine would decode with the sharded policy): use --engine vllm, "
+                                "or grow with `treerpo generate` and replay")
 
     replay_ids: list[int] = []
     if config.chained:
@@ -405,6 +464,11 @@ def _run_training(
     set_seed(config.engine.seed)
     model, ref_model, autocast_dtype = _load_models(config=config, checkpoint=checkpoint,
                                                     device=accelerator.device, say=say)
+    forward_model = wrap_policy(model, plan=plan, device=accelerator.device)
+    if plan.wrapped:
+        say(f"{plan.num_processes} processes, {plan.mode}"
+            + (f" ({'full_shard' if plan.reshard_after_forward else 'shard_grad_op'})"
+               if plan.mode == "fsdp" else ""))
     if config.chained:
         source: BatchSource = ChainedBatches(
             store=store, config=config, problems=problems, run_id=run_id, model=model,
@@ -414,23 +478,29 @@ def _run_training(
         source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
                                seed=config.engine.seed)
     total_steps = total_steps_for(optimization=opt, batches_per_epoch=source.batches_per_epoch)
-    updater = PolicyUpdater(model=model, ref_model=ref_model, optimization=opt,
+    updater = PolicyUpdater(model=forward_model, ref_model=ref_model, optimization=opt,
                             total_steps=total_steps, accelerator=accelerator,
-                            autocast_dtype=autocast_dtype)
+                            autocast_dtype=autocast_dtype, plan=plan)
 
     step = 0
     log_history: list[dict[str, Any]] = []
     if checkpoint is not None:
         states = checkpoints.load_checkpoint_states(checkpoint=checkpoint,
                                                     rank=accelerator.process_index)
-        updater.optimizer.load_state_dict(states["optimizer"])
-        updater.scheduler.load_state_dict(states["scheduler"])
-        checkpoints.restore_rng_state(states["rng"])
         saved_processes = states["trainer_state"]["num_processes"]
         if saved_processes != accelerator.num_processes:
             raise BadInputError(f"{checkpoint} was written by {saved_processes} process(es); "
                                 f"resume with the same number (not {accelerator.num_processes}) "
                                 "so that every step sees the same trees")
+        saved_mode = states["trainer_state"].get("parallelism", "fsdp" if config.fsdp else (
+            "ddp" if saved_processes > 1 else "single"))
+        if (saved_mode == "fsdp") != (plan.mode == "fsdp"):
+            raise BadInputError(f"{checkpoint} was written with {saved_mode}: resume with "
+                                f"{'--fsdp' if saved_mode == 'fsdp' else 'no --fsdp'} (its "
+                                "optimizer state is laid out for it)")
+        load_optimizer_state(forward_model, updater.optimizer, states["optimizer"], plan=plan)
+        updater.scheduler.load_state_dict(states["scheduler"])
+        checkpoints.restore_rng_state(states["rng"])
         step = int(states["trainer_state"]["global_step"])
         log_history = [entry for entry in states["trainer_state"]["log_history"]
                        if entry.get("step", 0) <= step]
@@ -454,9 +524,11 @@ def _run_training(
         if main:
             repository.finish_run(store, run_id, status="failed")
         raise
+    final_state = full_model_state(forward_model, plan=plan)  # FSDP: a collective
     if main:
         checkpoints.save_final_model(output_dir=output_dir, model=model, tokenizer=tokenizer,
-                                     config_json=config_json, save_dtype=save_dtype)
+                                     config_json=config_json, save_dtype=save_dtype,
+                                     state_dict=final_state)
         repository.finish_run(store, run_id)
         sink.close()
     accelerator.wait_for_everyone()
@@ -500,7 +572,8 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 accelerator=accelerator, output_dir=output_dir, step=step, model=model,
                 tokenizer=tokenizer, optimizer=updater.optimizer, scheduler=updater.scheduler,
                 config=config, total_steps=total_steps, batch_ids=batch_ids,
-                batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing)
+                batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing,
+                plan=updater.plan)
             if main:
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
                                                      checkpoint=str(path))
