@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,7 +19,9 @@ from treerpo.cli.common import (
     validated,
 )
 from treerpo.config import GenerateConfig
-from treerpo.growth.runner import GenerateSummary
+
+if TYPE_CHECKING:  # the library loads when the command runs
+    from treerpo.growth.runner import GenerateSummary
 
 
 def generate(

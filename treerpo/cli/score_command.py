@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -16,7 +16,9 @@ from treerpo.cli.common import (
     stdout_console,
     store_at,
 )
-from treerpo.scoring.scorer import ScoreStats
+
+if TYPE_CHECKING:  # the library loads when the command runs
+    from treerpo.scoring.scorer import ScoreStats
 
 RewardFnOption = Annotated[str | None, typer.Option(
     "--reward-fn", help="MODULE:FUNCTION called with completion=, reference=, problem= and "

@@ -32,7 +32,7 @@ from treerpo.errors import BadInputError
 from treerpo.problems.sources import Problem, load_problems
 from treerpo.store import repository
 from treerpo.store.database import Store
-from treerpo.training.trainer import tree_order
+from treerpo.training.data_order import tree_order
 
 _SEED_STRIDE = 1_000_003
 

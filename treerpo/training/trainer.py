@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from treerpo.config import OptimizationConfig, TrainConfig
@@ -60,6 +59,7 @@ from treerpo.scoring.values import with_advantages
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.training import checkpoints
+from treerpo.training.data_order import tree_order
 from treerpo.training.metrics import open_metrics_sink
 from treerpo.training.packed_forward import packed_tree_loss
 from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
@@ -116,12 +116,6 @@ def trained_counts(tree: Tree) -> tuple[int, int, float]:
     leaf_counts = tree.leaf_counts()
     visit_mass = sum(leaf_counts[parent] for parent in parents) / leaf_counts[0] if parents else 0.0
     return tokens, len(parents), visit_mass
-
-
-def tree_order(*, num_trees: int, seed: int, epoch: int) -> np.ndarray:
-    """The data order of an epoch: a permutation that depends only on (seed, epoch), so a resumed
-    run needs nothing but the step to find its place."""
-    return np.random.default_rng([seed, epoch]).permutation(num_trees)
 
 
 class PolicyUpdater:
