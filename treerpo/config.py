@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -118,9 +119,33 @@ class GenerateConfig(_Strict):
 LossAggregation = Literal["group", "token", "leaf"]
 AdvantageMode = Literal["local", "global-local"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
-# transformers `get_scheduler` names that need nothing beyond warmup and total steps.
+# Every name of transformers' `SchedulerType` (a test pins the list against the installed
+# transformers). Those stepped on a validation metric cannot follow treerpo's per-step schedule.
 SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                   "constant_with_warmup", "inverse_sqrt")
+                   "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+                   "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+                   "greedy")
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+# Schedulers that need one of these `--lr-scheduler-kwargs` keys (transformers raises otherwise).
+SCHEDULER_REQUIRED_KWARGS = {
+    "cosine_with_min_lr": ("min_lr", "min_lr_rate"),
+    "cosine_warmup_with_min_lr": ("min_lr", "min_lr_rate"),
+    "warmup_stable_decay": ("num_decay_steps",),
+}
+# TRL's `loss_type` → the closest `loss_aggregation` (README: "How the flags map onto TRL").
+# dapo and bnpo normalise by the tokens of the (global / local) batch: `token` is the step-wide
+# token mean. grpo averages per-sequence token means: a tree's sequences share segments, and the
+# closest unit is the sibling group (`group`). dr_grpo divides by a constant
+# (batch x max_completion_length), which nothing here does: refused.
+TRL_LOSS_TYPES = {"dapo": "token", "bnpo": "token", "grpo": "group"}
+
+
+def loss_aggregation_for_trl(loss_type: str) -> str:
+    """`--loss-type` (TRL's names) → `--loss-aggregation`; ValueError for one with no match."""
+    if loss_type in TRL_LOSS_TYPES:
+        return TRL_LOSS_TYPES[loss_type]
+    raise ValueError(f"--loss-type {loss_type}: treerpo has no equivalent; use one of "
+                     f"{', '.join(TRL_LOSS_TYPES)} or --loss-aggregation group|token|leaf")
 
 
 class OptimizationConfig(_Strict):
@@ -133,7 +158,9 @@ class OptimizationConfig(_Strict):
     max_steps: int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
     learning_rate: float = Field(default=1e-6, ge=0.0)
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
     warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0, description="> 0 overrides warmup_ratio (TRL)")
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, ge=0.0, description="0 disables clipping")
     beta: float = Field(default=0.0, ge=0.0, description="k3 KL weight; 0 loads no reference")
@@ -152,7 +179,25 @@ class OptimizationConfig(_Strict):
     def _known_scheduler(cls, name: str) -> str:
         if name not in SCHEDULER_TYPES:
             raise ValueError(f"unknown scheduler; use one of {', '.join(SCHEDULER_TYPES)}")
+        if name in METRIC_SCHEDULERS:
+            raise ValueError(f"{name} steps on a validation metric, not every optimizer step as "
+                             "treerpo's schedule does; use another scheduler")
         return name
+
+    @model_validator(mode="after")
+    def _scheduler_kwargs_complete(self) -> OptimizationConfig:
+        needed = SCHEDULER_REQUIRED_KWARGS.get(self.lr_scheduler_type, ())
+        if needed and not any(key in self.lr_scheduler_kwargs for key in needed):
+            raise ValueError(f"--lr-scheduler-type {self.lr_scheduler_type} needs "
+                             f"{' or '.join(needed)} in --lr-scheduler-kwargs, e.g. "
+                             f"'{{\"{needed[0]}\": ...}}'")
+        return self
+
+    def num_warmup_steps(self, total_steps: int) -> int:
+        """`warmup_steps` when > 0 (TRL: it overrides the ratio), else ratio x total steps."""
+        if self.warmup_steps > 0:
+            return self.warmup_steps
+        return math.ceil(self.warmup_ratio * total_steps)
 
 
 class TrainConfig(_Strict):

@@ -141,8 +141,9 @@ class PolicyUpdater:
         )
         self.scheduler = get_scheduler(
             optimization.lr_scheduler_type, self.optimizer,
-            num_warmup_steps=math.ceil(optimization.warmup_ratio * total_steps),
+            num_warmup_steps=optimization.num_warmup_steps(total_steps),
             num_training_steps=total_steps,
+            scheduler_specific_kwargs=dict(optimization.lr_scheduler_kwargs) or None,
         )
 
     def update(self, trees: list[Tree]) -> dict[str, Any]:

@@ -1,0 +1,88 @@
+"""Boolean flags that also take a value: `--gradient-checkpointing true`, `--bf16=false`.
+
+TRL and transformers' argument parsers accept `--flag`, `--flag true` and `--flag false`; Click's
+flags take no value. Before Click parses the line, `expand_bool_values` rewrites a true/false
+value after a boolean flag of the command being run: `--flag true` becomes `--flag`, and
+`--flag false` becomes the flag's negative form (`--no-flag`) when it has one, else it is
+dropped (the flag's default is off). Only flags of the command named on the line are touched,
+and nothing after `--`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+# As a separate token only true/false count: `inspect --json 1` keeps its tree id.
+TRUE_WORDS = frozenset({"true"})
+FALSE_WORDS = frozenset({"false"})
+# After `=` the value is unambiguous, so transformers' other spellings are accepted too.
+INLINE_TRUE_WORDS = TRUE_WORDS | {"yes", "1", "on", "t", "y"}
+INLINE_FALSE_WORDS = FALSE_WORDS | {"no", "0", "off", "f", "n"}
+
+
+def _normalise(token: str) -> str:
+    return token.replace("_", "-")
+
+
+def _target_command(root, args: Sequence[str]):
+    """The (sub)command the line runs: follow command names through the groups."""
+    command = root
+    for token in args:
+        if token == "--":
+            break
+        commands = getattr(command, "commands", None)
+        if commands is None:
+            break
+        if not token.startswith("-") and _normalise(token) in commands:
+            command = commands[_normalise(token)]
+    return command
+
+
+def _bool_flags(command) -> dict[str, str | None]:
+    """Each boolean flag's spelling → its negative spelling (None when it has none)."""
+    flags: dict[str, str | None] = {}
+    for parameter in getattr(command, "params", []):
+        if not (getattr(parameter, "is_flag", False) and getattr(parameter, "is_bool_flag", False)):
+            continue
+        negative = parameter.secondary_opts[0] if parameter.secondary_opts else None
+        for name in parameter.opts:
+            if name.startswith("--") and name not in ("--help",):
+                flags[name] = negative
+    return flags
+
+
+def expand_bool_values(root, args: Sequence[str]) -> list[str]:
+    """`args` with true/false values after boolean flags rewritten (module docstring)."""
+    flags = _bool_flags(_target_command(root, args))
+    if not flags:
+        return list(args)
+    rewritten: list[str] = []
+    index = 0
+    while index < len(args):
+        token = args[index]
+        if token == "--":
+            rewritten.extend(args[index:])
+            break
+        name, has_equals, inline = token.partition("=")
+        name = _normalise(name)
+        if name in flags:
+            if has_equals:
+                value = inline
+                consumed = 1
+            elif index + 1 < len(args) and args[index + 1].lower() in TRUE_WORDS | FALSE_WORDS:
+                value = args[index + 1]
+                consumed = 2
+            else:
+                value, consumed = "true", 1
+            if value.lower() in INLINE_TRUE_WORDS:
+                rewritten.append(name)
+            elif value.lower() in INLINE_FALSE_WORDS:
+                if flags[name] is not None:
+                    rewritten.append(flags[name])
+            else:  # let Click report the bad value in its own words
+                rewritten.append(token)
+            index += consumed
+            continue
+        rewritten.append(token)
+        index += 1
+    return rewritten
