@@ -200,6 +200,14 @@ class OptimizationConfig(_Strict):
         return math.ceil(self.warmup_ratio * total_steps)
 
 
+class TrainEvalConfig(_Strict):
+    """Greedy evaluation during training (`--eval-dataset`): every `steps` optimizer steps and
+    after the last, on the first `limit` problems of `data`, stored as an eval run each."""
+
+    data: DataConfig
+    steps: int = Field(ge=1)
+
+
 class TrainConfig(_Strict):
     """`treerpo train`: replay stored trees (no `data`) or grow them on-policy (`data` set)."""
 
@@ -220,6 +228,13 @@ class TrainConfig(_Strict):
     logging_steps: int = Field(default=10, ge=1)
     report_to: ReportTo = "none"
     resume_from_checkpoint: str | None = None
+    # Leaf rewards: MODULE:FUNCTION plug-ins (empty: the verified-answer check), summed with
+    # `reward_weights` (default 1 each), as TRL's reward_funcs / reward_weights.
+    reward_fns: list[str] = Field(default_factory=list)
+    reward_weights: list[float] | None = None
+    eval: TrainEvalConfig | None = None
+    # Warn when this many consecutive steps all trained on zero advantage (no signal).
+    no_signal_warning_steps: int = Field(default=5, ge=1)
 
     @field_validator("output_dir")
     @classmethod
@@ -235,6 +250,13 @@ class TrainConfig(_Strict):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"{existing} is not writable")
         return output_dir
+
+    @model_validator(mode="after")
+    def _reward_weights_match(self) -> TrainConfig:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_fns):
+            raise ValueError(f"--reward-weights gives {len(self.reward_weights)} weight(s) for "
+                             f"{len(self.reward_fns)} --reward-fn: give one per function")
+        return self
 
     @model_validator(mode="after")
     def _growth_settings_agree(self) -> TrainConfig:

@@ -53,7 +53,7 @@ EvalRun = Annotated[str | None, typer.Option(
 EvalBatchSize = Annotated[int, typer.Option(
     "--batch-size", help="Problems evaluated together: one engine call per mode, one write.")]
 EvalMaxNewTokens = Annotated[int, typer.Option(
-    "--max-new-tokens", "--max-completion-length", help="Completion tokens per sample.")]
+    "--max-new-tokens", help="Completion tokens per sample.")]
 
 
 def gsm8k(

@@ -48,6 +48,7 @@ def generate(
     gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
     max_model_len: opt.MaxModelLen = None,
     enable_prefix_caching: opt.EnablePrefixCaching = True,
+    no_enable_prefix_caching: opt.NoPrefixCaching = False,
     logprob_temperature: opt.LogprobTemperature = "raw",
     rollout: opt.Rollout = "tree",
     branching: opt.Branching = "resample",

@@ -25,14 +25,15 @@ SAMPLING = "Sampling"
 OPTIMISATION = "Optimisation"
 ENGINE = "Engine"
 LOGGING = "Logging, checkpoints and store"
-TRL = "TRL spellings (aliases)"
+REWARDS = "Rewards"
+TRL = "TRL spellings"
 
 # Data
-Model = Annotated[str, typer.Option("--model", "--model-id", "--model-name-or-path",
+Model = Annotated[str, typer.Option("--model",
                                     help="Local model folder or Hugging Face hub id.",
                                     rich_help_panel=DATA)]
 Dataset = Annotated[str, typer.Option(
-    "--dataset", "--dataset-name", help="Hub dataset id (e.g. AI-MO/NuminaMath-CoT, "
+    "--dataset", help="Hub dataset id (e.g. AI-MO/NuminaMath-CoT, "
     "openai/gsm8k), a local .jsonl/.json/.parquet/.csv file, or `arith` (built-in).",
     rich_help_panel=DATA)]
 Split = Annotated[str, typer.Option("--split", help="Dataset split.",
@@ -75,16 +76,19 @@ GenerationBatchSize = Annotated[int, typer.Option(
     "--generation-batch-size", help="HF engine: requests decoded together.",
     rich_help_panel=ENGINE)]
 GpuMemoryUtilization = Annotated[float, typer.Option(
-    "--gpu-memory-utilization", "--vllm-gpu-memory-utilization",
+    "--gpu-memory-utilization",
     help="vLLM: share of GPU memory it may use.",
     rich_help_panel=ENGINE)]
 MaxModelLen = Annotated[int | None, typer.Option("--max-model-len",
                                                  help="vLLM: maximum context length.",
     rich_help_panel=ENGINE)]
 EnablePrefixCaching = Annotated[bool, typer.Option(
-    "--enable-prefix-caching/--no-enable-prefix-caching",
-    help="vLLM: reuse the KV cache of shared prefixes (tree paths share theirs).",
+    "--enable-prefix-caching",
+    help="vLLM: reuse the KV cache of shared prefixes (tree paths share theirs). On unless "
+    "--enable-prefix-caching false (or --no-enable-prefix-caching).", show_default=False,
     rich_help_panel=ENGINE)]
+# The negative spelling, hidden so that the engine panel of --help stays two columns wide.
+NoPrefixCaching = Annotated[bool, typer.Option("--no-enable-prefix-caching", hidden=True)]
 LogprobTemperature = Annotated[str, typer.Option(
     "--logprob-temperature", help="Behaviour and trained logprobs: raw (log_softmax(logits)) or "
     "sampling (log_softmax(logits / --temperature), as TRL). Stored with every tree; sampling "
@@ -141,7 +145,7 @@ RepetitionPenalty = Annotated[float, typer.Option(
     "--repetition-penalty", help="Repetition penalty (1 disables).",
     rich_help_panel=SAMPLING)]
 MaxNewTokens = Annotated[int, typer.Option(
-    "--max-new-tokens", "--max-completion-length",
+    "--max-new-tokens",
     help="Completion tokens on any root-to-leaf path.",
     rich_help_panel=SAMPLING)]
 
@@ -155,6 +159,28 @@ Fp16 = Annotated[bool, typer.Option(
 UseVllm = Annotated[bool, typer.Option(
     "--use-vllm", help="TRL spelling of --engine vllm.",
     rich_help_panel=TRL)]
+
+# Rewards (score, train)
+RewardFn = Annotated[list[str] | None, typer.Option(
+    "--reward-fn", help="MODULE:FUNCTION called with completion=, reference=, problem= and "
+    "returning a float in [0, 1] (default: the verified \\boxed{} answer check); repeatable: "
+    "the reward is the weighted sum. The working folder is importable.",
+    rich_help_panel=REWARDS)]
+RewardWeights = Annotated[list[str] | None, typer.Option(
+    "--reward-weights", help="One weight per --reward-fn, comma-separated or repeated "
+    "(default: 1 each).", rich_help_panel=REWARDS)]
+
+
+def parse_reward_weights(values: list[str] | None) -> list[float] | None:
+    """`--reward-weights 0.5,1 --reward-weights 2` → [0.5, 1.0, 2.0] (None when not given)."""
+    if not values:
+        return None
+    parts = [part for value in values for part in value.replace(",", " ").split()]
+    try:
+        return [float(part) for part in parts]
+    except ValueError as error:
+        raise BadInputError(f"--reward-weights: not a number in {' '.join(parts)!r}") from error
+
 
 DEFAULT_DELIMITERS = "".join(DEFAULT_SPLIT_DELIMITERS).encode("unicode_escape").decode()
 
@@ -231,6 +257,8 @@ def growth_config_parts(flags: Mapping[str, Any]) -> dict[str, Any]:
     engine["torch_dtype"] = trl_torch_dtype(engine["torch_dtype"], bf16=flags.get("bf16", False),
                                             fp16=flags.get("fp16", False))
     engine["engine"] = trl_engine(engine["engine"], use_vllm=flags.get("use_vllm", False))
+    engine["enable_prefix_caching"] = (engine["enable_prefix_caching"]
+                                       and not flags.get("no_enable_prefix_caching", False))
     return {
         "data": None if flags.get("dataset") is None else data_config(**pick(DATA_FLAGS)),
         "engine": engine_config(**engine),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -17,67 +18,126 @@ from treerpo.cli.common import (
     store_at,
     validated,
 )
-from treerpo.config import OptimizationConfig, TrainConfig
+from treerpo.config import (
+    OptimizationConfig,
+    TrainConfig,
+    TrainEvalConfig,
+    loss_aggregation_for_trl,
+)
+from treerpo.errors import BadInputError
+
+DEFAULT_LOSS_AGGREGATION = "leaf"
 
 if TYPE_CHECKING:  # torch loads only when a command trains
     from treerpo.training.trainer import TrainSummary
 
+
 OutputDir = Annotated[str, typer.Option(
-    "--output-dir", help="Checkpoints (checkpoint-STEP), metrics.jsonl and the final model.")]
+    "--output-dir", help="Checkpoints (checkpoint-STEP), metrics.jsonl and the final model.",
+    rich_help_panel=opt.LOGGING)]
 ChainedDataset = Annotated[str | None, typer.Option(
-    "--dataset", help="Chained mode: grow each batch's trees with the current policy from this "
-    "dataset (hub id, local file or `arith`). Without it, stored trees are replayed.")]
+    "--dataset", help="Chained mode: grow each batch's trees with the current "
+    "policy from this dataset (hub id, local file or `arith`). Without it, stored trees are "
+    "replayed.", rich_help_panel=opt.DATA)]
 SourceRuns = Annotated[list[str] | None, typer.Option(
-    "--run", help="Replay: train on the trees of this run (repeatable; default: all runs).")]
+    "--run", help="Replay: train on the trees of this run (repeatable; default: all runs).",
+    rich_help_panel=opt.DATA)]
 RunName = Annotated[str | None, typer.Option(
     "--run-name", help="Name of the train run in the store (default: from --output-dir and a "
-    "hash of the settings).")]
+    "hash of the settings).", rich_help_panel=opt.LOGGING)]
 
-# TRL GRPOConfig names (see README: "train flags and TRL's GRPOConfig").
+# TRL GRPOConfig names (see README: "How the flags map onto TRL's GRPOConfig").
 PerDeviceBatch = Annotated[int, typer.Option(
-    "--per-device-train-batch-size", help="Trees per micro-batch, per process.")]
+    "--per-device-train-batch-size", help="Trees per micro-batch, per process.",
+    rich_help_panel=opt.OPTIMISATION)]
 GradAccum = Annotated[int, typer.Option(
-    "--gradient-accumulation-steps", help="Micro-batches per optimizer step.")]
-Epochs = Annotated[float, typer.Option("--num-train-epochs", help="Passes over the trees or "
-                                                                  "problems.")]
+    "--gradient-accumulation-steps", help="Micro-batches per optimizer step.",
+    rich_help_panel=opt.OPTIMISATION)]
+Epochs = Annotated[float, typer.Option(
+    "--num-train-epochs", help="Passes over the trees or problems.",
+    rich_help_panel=opt.OPTIMISATION)]
 MaxSteps = Annotated[int, typer.Option(
-    "--max-steps", help="Optimizer steps; > 0 overrides --num-train-epochs.")]
-LearningRate = Annotated[float, typer.Option("--learning-rate", help="AdamW peak learning rate.")]
+    "--max-steps", help="Optimizer steps; > 0 overrides --num-train-epochs.",
+    rich_help_panel=opt.OPTIMISATION)]
+LearningRate = Annotated[float, typer.Option(
+    "--learning-rate", help="AdamW peak learning rate.", rich_help_panel=opt.OPTIMISATION)]
 Scheduler = Annotated[str, typer.Option(
-    "--lr-scheduler-type", help="linear, cosine, cosine_with_restarts, polynomial, constant, "
-    "constant_with_warmup or inverse_sqrt.")]
-WarmupRatio = Annotated[float, typer.Option("--warmup-ratio", help="Share of steps warming up.")]
-WeightDecay = Annotated[float, typer.Option("--weight-decay", help="AdamW decoupled decay.")]
-MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Clip (0: no clipping).")]
+    "--lr-scheduler-type", help="Any transformers SchedulerType name but the two stepped on a "
+    "metric (reduce_lr_on_plateau, greedy): linear, cosine, cosine_with_restarts, polynomial, "
+    "constant, constant_with_warmup, inverse_sqrt, cosine_with_min_lr, "
+    "cosine_warmup_with_min_lr, warmup_stable_decay.", rich_help_panel=opt.OPTIMISATION)]
+SchedulerKwargs = Annotated[str | None, typer.Option(
+    "--lr-scheduler-kwargs", help="JSON object of the scheduler's own arguments, e.g. "
+    "'{\"min_lr_rate\": 0.1}' (cosine_with_min_lr) or '{\"num_decay_steps\": 20}' "
+    "(warmup_stable_decay).", rich_help_panel=opt.OPTIMISATION)]
+WarmupRatio = Annotated[float, typer.Option(
+    "--warmup-ratio", help="Share of steps warming up.", rich_help_panel=opt.OPTIMISATION)]
+WarmupSteps = Annotated[int, typer.Option(
+    "--warmup-steps", help="Warm-up steps; > 0 overrides --warmup-ratio (as TRL).",
+    rich_help_panel=opt.OPTIMISATION)]
+WeightDecay = Annotated[float, typer.Option(
+    "--weight-decay", help="AdamW decoupled decay.", rich_help_panel=opt.OPTIMISATION)]
+MaxGradNorm = Annotated[float, typer.Option(
+    "--max-grad-norm", help="Clip (0: no clipping).", rich_help_panel=opt.OPTIMISATION)]
 Beta = Annotated[float, typer.Option(
-    "--beta", help="k3 KL weight to the starting model (0: no reference model is loaded).")]
-Epsilon = Annotated[float, typer.Option("--epsilon", help="PPO clip: ratio >= 1 - epsilon.")]
+    "--beta", help="k3 KL weight to the starting model (0: no reference model is loaded).",
+    rich_help_panel=opt.OPTIMISATION)]
+Epsilon = Annotated[float, typer.Option(
+    "--epsilon", help="PPO clip: ratio >= 1 - epsilon.", rich_help_panel=opt.OPTIMISATION)]
 EpsilonHigh = Annotated[float | None, typer.Option(
-    "--epsilon-high", help="PPO clip: ratio <= 1 + epsilon-high (default: epsilon).")]
+    "--epsilon-high", help="PPO clip: ratio <= 1 + epsilon-high (default: epsilon).",
+    rich_help_panel=opt.OPTIMISATION)]
 NumIterations = Annotated[int, typer.Option(
-    "--num-iterations", help="Optimizer steps on each batch (PPO mu).")]
+    "--num-iterations", help="Optimizer steps on each batch (PPO mu).",
+    rich_help_panel=opt.OPTIMISATION)]
 LossAggregation = Annotated[str, typer.Option(
     "--loss-aggregation", help="group: token mean per sibling group, then mean over the step's "
     "groups; token: one mean over the step's tokens; leaf: group token means weighted by the "
-    "share of the tree's leaves below the group (as training on every root-to-leaf path).")]
+    "share of the tree's leaves below the group (as training on every root-to-leaf path).",
+    rich_help_panel=opt.OPTIMISATION)]
+LossType = Annotated[str | None, typer.Option(
+    "--loss-type", help="TRL's loss_type: dapo or bnpo → --loss-aggregation token, grpo → "
+    "group; dr_grpo has no equivalent.", rich_help_panel=opt.TRL)]
 Advantage = Annotated[str, typer.Option(
     "--advantage", help="local: value minus the sibling mean; global-local: plus value minus "
-    "the tree's mean leaf reward (TreeRL).")]
+    "the tree's mean leaf reward (TreeRL).", rich_help_panel=opt.OPTIMISATION)]
 MaxPackedTokens = Annotated[int | None, typer.Option(
-    "--max-packed-tokens", help="Split larger trees into sub-packs (ancestors repeated).")]
+    "--max-packed-tokens", help="Split larger trees into sub-packs (ancestors repeated).",
+    rich_help_panel=opt.OPTIMISATION)]
 GradientCheckpointing = Annotated[bool, typer.Option(
-    "--gradient-checkpointing", help="Recompute activations in backward to save memory.")]
+    "--gradient-checkpointing", help="Recompute activations in backward to save memory.",
+    rich_help_panel=opt.OPTIMISATION)]
 FullDeterminism = Annotated[bool, typer.Option(
     "--full-determinism",
-    help="Deterministic torch kernels: bit-identical updates under --seed, somewhat slower.")]
-SaveSteps = Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps.")]
+    help="Deterministic torch kernels: bit-identical updates under --seed, somewhat slower.",
+    rich_help_panel=opt.OPTIMISATION)]
+SaveSteps = Annotated[int, typer.Option(
+    "--save-steps", help="Checkpoint every N steps.", rich_help_panel=opt.LOGGING)]
 SaveTotalLimit = Annotated[int | None, typer.Option(
-    "--save-total-limit", help="Keep at most N checkpoints (oldest deleted).")]
-LoggingSteps = Annotated[int, typer.Option("--logging-steps", help="Log every N steps.")]
+    "--save-total-limit", help="Keep at most N checkpoints (oldest deleted).",
+    rich_help_panel=opt.LOGGING)]
+LoggingSteps = Annotated[int, typer.Option(
+    "--logging-steps", help="Log every N steps.", rich_help_panel=opt.LOGGING)]
 ReportTo = Annotated[str, typer.Option(
-    "--report-to", help="none, tensorboard or wandb (the package must be installed).")]
+    "--report-to", help="none, tensorboard or wandb (the package must be installed).",
+    rich_help_panel=opt.LOGGING)]
 ResumeFrom = Annotated[str | None, typer.Option(
-    "--resume-from-checkpoint", help="A checkpoint folder, or `latest` in --output-dir.")]
+    "--resume-from-checkpoint", help="A checkpoint folder, or `latest` in --output-dir.",
+    rich_help_panel=opt.LOGGING)]
+NoSignalSteps = Annotated[int, typer.Option(
+    "--no-signal-warning-steps", help="Warn when this many consecutive steps all had zero "
+    "advantage everywhere (nothing to learn from).", rich_help_panel=opt.LOGGING)]
+EvalDataset = Annotated[str | None, typer.Option(
+    "--eval-dataset", help="Greedy accuracy on this dataset (any --dataset source) during "
+    "training, logged as eval_accuracy.", rich_help_panel=opt.LOGGING)]
+EvalSplit = Annotated[str, typer.Option(
+    "--eval-split", help="Split of --eval-dataset.", rich_help_panel=opt.LOGGING)]
+EvalSteps = Annotated[int | None, typer.Option(
+    "--eval-steps", help="Evaluate every N steps and after the last (default: --logging-steps).",
+    rich_help_panel=opt.LOGGING)]
+EvalLimit = Annotated[int | None, typer.Option(
+    "--eval-limit", help="Evaluate on the first N problems of --eval-dataset.",
+    rich_help_panel=opt.LOGGING)]
 
 
 def train(
@@ -85,7 +145,6 @@ def train(
     output_dir: OutputDir,
     dataset: ChainedDataset = None,
     run: SourceRuns = None,
-    run_name: RunName = None,
     split: opt.Split = "train",
     dataset_config: opt.DatasetConfigName = None,
     limit: opt.Limit = None,
@@ -94,38 +153,8 @@ def train(
     answer_field: opt.AnswerField = None,
     system_prompt: opt.SystemPrompt = None,
     prompt_template: opt.PromptTemplate = None,
-    per_device_train_batch_size: PerDeviceBatch = 8,
-    gradient_accumulation_steps: GradAccum = 1,
-    num_train_epochs: Epochs = 1.0,
-    max_steps: MaxSteps = -1,
-    learning_rate: LearningRate = 1e-6,
-    lr_scheduler_type: Scheduler = "linear",
-    warmup_ratio: WarmupRatio = 0.0,
-    weight_decay: WeightDecay = 0.0,
-    max_grad_norm: MaxGradNorm = 1.0,
-    beta: Beta = 0.0,
-    epsilon: Epsilon = 0.2,
-    epsilon_high: EpsilonHigh = None,
-    num_iterations: NumIterations = 1,
-    loss_aggregation: LossAggregation = "leaf",
-    advantage: Advantage = "local",
-    max_packed_tokens: MaxPackedTokens = None,
-    gradient_checkpointing: GradientCheckpointing = False,
-    full_determinism: FullDeterminism = False,
-    save_steps: SaveSteps = 500,
-    save_total_limit: SaveTotalLimit = None,
-    logging_steps: LoggingSteps = 10,
-    report_to: ReportTo = "none",
-    resume_from_checkpoint: ResumeFrom = None,
-    engine: opt.EngineOpt = "auto",
-    torch_dtype: opt.TorchDtype = "auto",
-    trust_remote_code: opt.TrustRemoteCode = False,
-    seed: opt.Seed = 42,
-    generation_batch_size: opt.GenerationBatchSize = 64,
-    gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
-    max_model_len: opt.MaxModelLen = None,
-    enable_prefix_caching: opt.EnablePrefixCaching = True,
-    logprob_temperature: opt.LogprobTemperature = "raw",
+    reward_fn: opt.RewardFn = None,
+    reward_weights: opt.RewardWeights = None,
     rollout: opt.Rollout = "tree",
     branching: opt.Branching = "resample",
     num_generations: opt.NumGenerations = 8,
@@ -143,8 +172,53 @@ def train(
     min_p: opt.MinP = 0.0,
     repetition_penalty: opt.RepetitionPenalty = 1.1,
     max_new_tokens: opt.MaxNewTokens = 1300,
+    per_device_train_batch_size: PerDeviceBatch = 8,
+    gradient_accumulation_steps: GradAccum = 1,
+    num_train_epochs: Epochs = 1.0,
+    max_steps: MaxSteps = -1,
+    learning_rate: LearningRate = 1e-6,
+    lr_scheduler_type: Scheduler = "linear",
+    lr_scheduler_kwargs: SchedulerKwargs = None,
+    warmup_ratio: WarmupRatio = 0.0,
+    warmup_steps: WarmupSteps = 0,
+    weight_decay: WeightDecay = 0.0,
+    max_grad_norm: MaxGradNorm = 1.0,
+    beta: Beta = 0.0,
+    epsilon: Epsilon = 0.2,
+    epsilon_high: EpsilonHigh = None,
+    num_iterations: NumIterations = 1,
+    loss_aggregation: LossAggregation = DEFAULT_LOSS_AGGREGATION,
+    advantage: Advantage = "local",
+    max_packed_tokens: MaxPackedTokens = None,
+    gradient_checkpointing: GradientCheckpointing = False,
+    full_determinism: FullDeterminism = False,
+    engine: opt.EngineOpt = "auto",
+    torch_dtype: opt.TorchDtype = "auto",
+    trust_remote_code: opt.TrustRemoteCode = False,
+    seed: opt.Seed = 42,
+    generation_batch_size: opt.GenerationBatchSize = 64,
+    gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
+    max_model_len: opt.MaxModelLen = None,
+    enable_prefix_caching: opt.EnablePrefixCaching = True,
+    no_enable_prefix_caching: opt.NoPrefixCaching = False,
+    logprob_temperature: opt.LogprobTemperature = "raw",
+    run_name: RunName = None,
+    save_steps: SaveSteps = 500,
+    save_total_limit: SaveTotalLimit = None,
+    logging_steps: LoggingSteps = 10,
+    report_to: ReportTo = "none",
+    resume_from_checkpoint: ResumeFrom = None,
+    no_signal_warning_steps: NoSignalSteps = 5,
+    eval_dataset: EvalDataset = None,
+    eval_split: EvalSplit = "test",
+    eval_steps: EvalSteps = None,
+    eval_limit: EvalLimit = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
+    loss_type: LossType = None,
+    bf16: opt.Bf16 = False,
+    fp16: opt.Fp16 = False,
+    use_vllm: opt.UseVllm = False,
 ) -> None:
     """Update a policy with TreeRPO: tree-packed, PPO-clipped, sibling-group advantages.
 
@@ -153,6 +227,10 @@ def train(
     current policy (the tree and sampling flags of `generate`), stores and scores them, and
     updates. Checkpoints go to OUTPUT_DIR/checkpoint-STEP; the final model to OUTPUT_DIR.
     Runs unchanged under `accelerate launch` (one shard of each step's trees per process).
+
+    TRL's spellings work too: --model_name_or_path, --dataset_name, --max_completion_length,
+    --vllm_gpu_memory_utilization, the flags of the "TRL spellings" panel, and true/false after
+    any flag (`--gradient_checkpointing true`).
 
     Examples:
 
@@ -165,15 +243,24 @@ def train(
         OptimizationConfig, per_device_train_batch_size=per_device_train_batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,
         num_train_epochs=num_train_epochs, max_steps=max_steps, learning_rate=learning_rate,
-        lr_scheduler_type=lr_scheduler_type, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+        lr_scheduler_type=lr_scheduler_type,
+        lr_scheduler_kwargs=_json_object(lr_scheduler_kwargs, flag="--lr-scheduler-kwargs"),
+        warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, weight_decay=weight_decay,
         max_grad_norm=max_grad_norm, beta=beta, epsilon=epsilon, epsilon_high=epsilon_high,
-        num_iterations=num_iterations, loss_aggregation=loss_aggregation, advantage=advantage,
-        max_packed_tokens=max_packed_tokens, gradient_checkpointing=gradient_checkpointing)
+        num_iterations=num_iterations,
+        loss_aggregation=_loss_aggregation(loss_aggregation, loss_type=loss_type),
+        advantage=advantage, max_packed_tokens=max_packed_tokens,
+        gradient_checkpointing=gradient_checkpointing)
     config = validated(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
         optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
         save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
-        resume_from_checkpoint=resume_from_checkpoint, **opt.growth_config_parts(locals()))
+        resume_from_checkpoint=resume_from_checkpoint,
+        no_signal_warning_steps=no_signal_warning_steps, reward_fns=reward_fn or [],
+        reward_weights=opt.parse_reward_weights(reward_weights),
+        eval=_train_eval(dataset=eval_dataset, split=eval_split, limit=eval_limit,
+                         steps=eval_steps, logging_steps=logging_steps),
+        **opt.growth_config_parts(locals()))
     from treerpo.training.trainer import TrainCallbacks, run_training
 
     console = stdout_console()
@@ -190,6 +277,43 @@ def train(
         print_json(summary_json(summary))
     else:
         console.print(summary_table(summary))
+
+
+def _json_object(text: str | None, *, flag: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise BadInputError(f"{flag}: not JSON ({error.msg}): {text!r}") from error
+    if not isinstance(value, dict):
+        raise BadInputError(f"{flag}: expected a JSON object, got {text!r}")
+    return value
+
+
+def _loss_aggregation(loss_aggregation: str, *, loss_type: str | None) -> str:
+    """`--loss-aggregation`, or TRL's `--loss-type` mapped onto it (they must agree)."""
+    if loss_type is None:
+        return loss_aggregation
+    try:
+        mapped = loss_aggregation_for_trl(loss_type)
+    except ValueError as error:
+        raise BadInputError(str(error)) from error
+    if loss_aggregation not in (DEFAULT_LOSS_AGGREGATION, mapped):
+        raise BadInputError(f"--loss-type {loss_type} means --loss-aggregation {mapped}, which "
+                            f"contradicts --loss-aggregation {loss_aggregation}: give one")
+    return mapped
+
+
+def _train_eval(*, dataset: str | None, split: str, limit: int | None, steps: int | None,
+                logging_steps: int) -> TrainEvalConfig | None:
+    if dataset is None:
+        if steps is not None or limit is not None:
+            raise BadInputError("--eval-steps and --eval-limit need --eval-dataset")
+        return None
+    return validated(TrainEvalConfig, data=opt.data_config(dataset=dataset, split=split,
+                                                             limit=limit),
+                     steps=logging_steps if steps is None else steps)
 
 
 _COLUMNS = [  # (header, metric, format)

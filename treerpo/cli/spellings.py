@@ -1,10 +1,18 @@
-"""Boolean flags that also take a value: `--gradient-checkpointing true`, `--bf16=false`.
+"""Other spellings of flags, rewritten to treerpo's own before Click parses the line.
 
+**Aliases** (`ALIASES`): the original release's and TRL's names for an option a command has
+under another name, e.g. `--model_name_or_path` for `--model`. They are rewritten rather than
+declared so that `--help` lists each option once, readable at 80 columns; `--help` mentions
+them in its "TRL spellings" panel and the README lists them. An alias is only rewritten for a
+command that has its target and no option of the alias's own name.
+
+**Boolean flags that also take a value**: `--gradient-checkpointing true`, `--bf16=false`.
 TRL and transformers' argument parsers accept `--flag`, `--flag true` and `--flag false`; Click's
 flags take no value. Before Click parses the line, `expand_bool_values` rewrites a true/false
 value after a boolean flag of the command being run: `--flag true` becomes `--flag`, and
 `--flag false` becomes the flag's negative form (`--no-flag`) when it has one, else it is
-dropped (the flag's default is off). Only flags of the command named on the line are touched,
+dropped (the flag's default is off). A negative form is a flag's `/--no-x` half or a (hidden)
+`--no-x` option of its own. Only flags of the command named on the line are touched,
 and nothing after `--`.
 """
 
@@ -13,6 +21,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 # As a separate token only true/false count: `inspect --json 1` keeps its tree id.
+ALIASES = {
+    "--model-id": "--model",  # the original release's spelling
+    "--model-name-or-path": "--model",  # TRL's ModelConfig
+    "--dataset-name": "--dataset",  # TRL's ScriptArguments
+    "--max-completion-length": "--max-new-tokens",  # GRPOConfig
+    "--vllm-gpu-memory-utilization": "--gpu-memory-utilization",  # GRPOConfig
+}
+
 TRUE_WORDS = frozenset({"true"})
 FALSE_WORDS = frozenset({"false"})
 # After `=` the value is unambiguous, so transformers' other spellings are accepted too.
@@ -44,16 +60,43 @@ def _bool_flags(command) -> dict[str, str | None]:
     for parameter in getattr(command, "params", []):
         if not (getattr(parameter, "is_flag", False) and getattr(parameter, "is_bool_flag", False)):
             continue
-        negative = parameter.secondary_opts[0] if parameter.secondary_opts else None
         for name in parameter.opts:
-            if name.startswith("--") and name not in ("--help",):
-                flags[name] = negative
-    return flags
+            if name.startswith("--") and name != "--help":
+                flags[name] = (parameter.secondary_opts[0] if parameter.secondary_opts
+                               else f"--no-{name[2:]}")
+    names = _option_names(command)
+    return {name: negative if negative in names else None for name, negative in flags.items()}
 
 
-def expand_bool_values(root, args: Sequence[str]) -> list[str]:
-    """`args` with true/false values after boolean flags rewritten (module docstring)."""
-    flags = _bool_flags(_target_command(root, args))
+def _option_names(command) -> set[str]:
+    return {name for parameter in getattr(command, "params", [])
+            for name in (*getattr(parameter, "opts", ()),
+                         *getattr(parameter, "secondary_opts", ()))}
+
+
+def normalise_args(root, args: Sequence[str]) -> list[str]:
+    """`args` with aliases and boolean values rewritten (module docstring)."""
+    command = _target_command(root, args)
+    return _expand_bool_values(command, _expand_aliases(command, args))
+
+
+def _expand_aliases(command, args: Sequence[str]) -> list[str]:
+    names = _option_names(command)
+    aliases = {alias: target for alias, target in ALIASES.items()
+               if target in names and alias not in names}
+    rewritten: list[str] = []
+    for index, token in enumerate(args):
+        if token == "--":
+            rewritten.extend(args[index:])
+            break
+        name, has_equals, value = token.partition("=")
+        target = aliases.get(_normalise(name)) if name.startswith("--") else None
+        rewritten.append(token if target is None else target + has_equals + value)
+    return rewritten
+
+
+def _expand_bool_values(command, args: Sequence[str]) -> list[str]:
+    flags = _bool_flags(command)
     if not flags:
         return list(args)
     rewritten: list[str] = []
