@@ -14,6 +14,8 @@ from treerpo.cli.common import (
     DbOption,
     JsonOption,
     print_json,
+    progress_bar,
+    stderr_console,
     stdout_console,
     store_at,
     validated,
@@ -264,12 +266,19 @@ def train(
     from treerpo.training.trainer import TrainCallbacks, run_training
 
     console = stdout_console()
-    rows = StepRows(console=console, enabled=not json_output)
+    rows = StepRows(console=console, enabled=not json_output,
+                    columns=table_columns(beta=optimization.beta, branching=config.tree.branching,
+                                          chained=config.chained))
+    progress = StepProgress(console=console, enabled=not json_output)
+    warnings = stderr_console()
     callbacks = TrainCallbacks(
         on_message=(lambda message: None) if json_output
         else (lambda message: console.print(message, soft_wrap=True)),
-        on_start=rows.start, on_log=rows.print_row)
-    with store_at(db) as store:
+        on_start=lambda start, total: (rows.start(start, total), progress.start(start, total)),
+        on_step=progress.advance, on_log=rows.print_row,
+        on_eval=rows.print_eval,
+        on_warning=lambda message: warnings.print(message, soft_wrap=True, markup=False))
+    with store_at(db) as store, progress:
         summary = run_training(store=store, config=config, callbacks=callbacks)
     if not summary.is_main_process:
         return
@@ -316,23 +325,76 @@ def _train_eval(*, dataset: str | None, split: str, limit: int | None, steps: in
                      steps=logging_steps if steps is None else steps)
 
 
-_COLUMNS = [  # (header, metric, format)
-    ("step", "step", "{:d}"), ("loss", "loss", "{:.4f}"),
-    ("on-pol r", "on_policy_reward", "{:.3f}"), ("all r", "mean_reward", "{:.3f}"),
-    ("signal", "nonzero_token_share", "{:.0%}"), ("forced", "forced_token_share", "{:.0%}"),
-    ("|adv|", "mean_abs_advantage", "{:.3f}"), ("clip", "clip_fraction", "{:.3f}"),
-    ("kl", "kl", "{:.4f}"), ("grad", "grad_norm", "{:.3f}"), ("lr", "learning_rate",
-                                                                    "{:.2e}"),
-    ("tok/s", "tokens_per_second", "{:,.0f}"), ("trees", "num_trees", "{:d}"),
-]
+# (header, metric, format, width): what a logged step's row shows; every figure, and more, is in
+# metrics.jsonl. `table_columns` keeps a row within 80 terminal columns.
+_STEP = ("step", "step", "{:d}", 5)
+_LOSS = ("loss", "loss", "{:.4f}", 7)
+_REWARD = ("reward", "on_policy_reward", "{:.3f}", 6)
+_SIGNAL = ("signal", "nonzero_token_share", "{:.0%}", 6)
+_FORCED = ("forced", "forced_token_share", "{:.0%}", 6)
+_ADVANTAGE = ("|adv|", "mean_abs_advantage", "{:.3f}", 5)
+_CLIP = ("clip", "clip_fraction", "{:.2f}", 4)
+_KL = ("kl", "kl", "{:.4f}", 6)
+_GRAD = ("grad", "grad_norm", "{:.2f}", 5)
+_LR = ("lr", "learning_rate", "{:.1e}", 7)
+_GROW = ("grow s", "growth_seconds", "{:.1f}", 6)
+_UPDATE = ("upd s", "update_seconds", "{:.1f}", 5)
+_TOKENS = ("tok/s", "tokens_per_second", "{:,.0f}", 6)
+
+
+def table_columns(*, beta: float, branching: str, chained: bool) -> list[tuple[str, str, str, int]]:
+    """The step table's columns: kl only with --beta > 0, forced only with --branching forced,
+    growth seconds only in chained mode."""
+    columns = [_STEP, _LOSS, _REWARD, _SIGNAL]
+    if branching == "forced":
+        columns.append(_FORCED)
+    columns += [_ADVANTAGE, _CLIP]
+    if beta > 0:
+        columns.append(_KL)
+    columns += [_GRAD, _LR]
+    if chained:
+        columns.append(_GROW)
+    columns += [_UPDATE, _TOKENS]
+    for optional in (_TOKENS, _ADVANTAGE):  # within 80 columns with kl and forced both shown
+        if sum(width + 1 for *_, width in columns) > 80:
+            columns.remove(optional)
+    return columns
+
+
+class StepProgress:
+    """A progress bar under the step table: steps done / total, ETA, and the last step's
+    growth / scoring / update seconds. Gone when training ends."""
+
+    def __init__(self, *, console, enabled: bool) -> None:
+        self.progress = progress_bar(label="train", unit="steps", console=console,
+                                     disable=not enabled, field="times")
+        self.task = self.progress.add_task("steps", total=None, times="")
+
+    def start(self, start_step: int, total_steps: int) -> None:
+        self.progress.reset(self.task, total=total_steps, completed=start_step, times="")
+
+    def advance(self, metrics: dict[str, Any]) -> None:
+        times = (f"grow {metrics.get('growth_seconds', 0.0):.1f}s · "
+                 f"score {metrics.get('scoring_seconds', 0.0):.1f}s · "
+                 f"update {metrics.get('update_seconds', 0.0):.1f}s")
+        self.progress.update(self.task, completed=metrics["step"], times=times)
+
+    def __enter__(self) -> StepProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
 
 
 class StepRows:
     """Logged steps as rows of one table printed as it grows (header once)."""
 
-    def __init__(self, *, console, enabled: bool) -> None:
+    def __init__(self, *, console, enabled: bool,
+                 columns: list[tuple[str, str, str, int]] | None = None) -> None:
         self.console = console
         self.enabled = enabled
+        self.columns = columns or table_columns(beta=0.0, branching="resample", chained=False)
         self.header_printed = False
         self.total_steps = 0
 
@@ -346,13 +408,19 @@ class StepRows:
         if not self.enabled:
             return
         table = Table(show_header=not self.header_printed, box=None, pad_edge=False,
-                      padding=(0, 1))
-        for header, _, pattern in _COLUMNS:
-            table.add_column(header, justify="right", no_wrap=True,
-                             width=9 if pattern == "{:.2e}" else 7)
-        table.add_row(*[_fmt(metrics.get(key), pattern) for _, key, pattern in _COLUMNS])
+                      padding=(0, 1), collapse_padding=True)
+        for header, _, _, width in self.columns:
+            table.add_column(header, justify="right", no_wrap=True, width=width)
+        table.add_row(*[_fmt(metrics.get(key), pattern) for _, key, pattern, _ in self.columns])
         self.console.print(table)
         self.header_printed = True
+
+    def print_eval(self, metrics: dict[str, Any]) -> None:
+        if self.enabled:
+            self.console.print(
+                f"eval step {metrics['step']}: greedy accuracy {metrics['eval_accuracy']:.1%} "
+                f"on {metrics['eval_num_problems']} problems ({metrics['eval_seconds']:.1f} s; "
+                f"treerpo eval show {metrics['eval_run']})", soft_wrap=True, markup=False)
 
 
 def _fmt(value: Any, pattern: str) -> str:
@@ -365,6 +433,7 @@ def summary_json(summary: TrainSummary) -> dict:
         "start_step": summary.start_step, "steps": summary.steps,
         "trees_trained": summary.trees_trained, "scored_first": summary.scored_first,
         "checkpoints": summary.checkpoints, "last_metrics": summary.last_metrics,
+        "last_eval": summary.last_eval or None,
         "seconds": round(summary.seconds, 3),
     }
 
@@ -381,6 +450,8 @@ def summary_table(summary: TrainSummary) -> Table:
         ("last loss", _fmt(last.get("loss"), "{:.4f}")),
         ("last on-policy reward", _fmt(last.get("on_policy_reward"), "{:.3f}")),
         ("last mean reward (all leaves)", _fmt(last.get("mean_reward"), "{:.3f}")),
+        *([("last eval greedy accuracy", f"{summary.last_eval['eval_accuracy']:.1%}")]
+          if summary.last_eval else []),
         ("checkpoints written", f"{len(summary.checkpoints)}"),
         ("final model", summary.output_dir),
         ("seconds", f"{summary.seconds:.1f}"),

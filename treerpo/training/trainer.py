@@ -74,6 +74,8 @@ class TrainCallbacks:
     on_start: Callable[[int, int], None] = lambda start_step, total_steps: None
     on_step: Callable[[dict[str, Any]], None] = lambda metrics: None
     on_log: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_eval: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_warning: Callable[[str], None] = lambda message: None
 
 
 @dataclass
@@ -88,6 +90,33 @@ class TrainSummary:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     is_main_process: bool = True  # under `accelerate launch`, only the main process reports
+    last_eval: dict[str, Any] = field(default_factory=dict)  # `--eval-dataset`: the last one
+
+
+class NoSignalWatch:
+    """Counts consecutive steps whose trees carried no signal (every advantage zero, e.g. all
+    rewards 0) and says so every `patience` of them: such steps update nothing, silently."""
+
+    def __init__(self, *, patience: int) -> None:
+        self.patience = patience
+        self.streak = 0
+        self.rewards: list[float] = []
+
+    def observe(self, metrics: dict[str, Any]) -> str | None:
+        if metrics.get("nonzero_token_share"):  # None (no trained token) counts as no signal
+            self.streak, self.rewards = 0, []
+            return None
+        self.streak += 1
+        if metrics.get("mean_reward") is not None:
+            self.rewards.append(metrics["mean_reward"])
+        if self.streak % self.patience:
+            return None
+        rewards = (f"mean leaf reward {min(self.rewards):.3f}–{max(self.rewards):.3f}"
+                   if self.rewards else "no scored leaves")
+        return (f"warning: steps {metrics['step'] - self.streak + 1}–{metrics['step']} had no "
+                f"learning signal (every advantage 0: the leaves of every sibling group scored "
+                f"alike; {rewards}). Check the reward function and the answers, or grow more "
+                "varied trees (--temperature, --root-children)")
 
 
 class BatchSource(Protocol):
@@ -101,6 +130,10 @@ class BatchSource(Protocol):
 
     def after_update(self, model) -> None:
         """Called after every optimizer step (chained: push the weights into the engine)."""
+        ...
+
+    def last_batch_seconds(self) -> dict[str, float]:
+        """Seconds the last `batch_tree_ids` spent growing and scoring trees."""
         ...
 
 
@@ -243,12 +276,18 @@ class ReplayBatches:
     def after_update(self, model) -> None:
         """Replay has no engine to refresh."""
 
+    def last_batch_seconds(self) -> dict[str, float]:
+        """Replay grows nothing; its unscored trees were scored before training."""
+        return {"growth_seconds": 0.0, "scoring_seconds": 0.0}
+
 
 def select_replay_trees(
-    store: Store, *, source_runs: list[str], on_message: Callable[[str], None]
+    store: Store, *, source_runs: list[str], on_message: Callable[[str], None],
+    reward_fn_spec: str | None = None,
 ) -> tuple[list[int], int]:
     """The stored trees to replay (of `source_runs`, or all), after scoring the unscored ones
-    with the default reward exactly as `treerpo score` would. Returns (tree ids, scored now)."""
+    with `reward_fn_spec` (None: the default reward) exactly as `treerpo score` would. Returns
+    (tree ids, scored now)."""
     from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score
 
     run_ids = [repository.find_run(store, name).id for name in source_runs] or [None]
@@ -260,9 +299,10 @@ def select_replay_trees(
     unscored = [tree_id for run_id in run_ids
                 for tree_id in select_trees_to_score(store, run_id=run_id)]
     if unscored:
-        on_message(f"scoring {len(unscored)} unscored tree(s) first with the default reward "
+        reward = reward_fn_spec or "the default reward"
+        on_message(f"scoring {len(unscored)} unscored tree(s) first with {reward} "
                    "(as `treerpo score` would)")
-        score_stored_trees(store, tree_ids=unscored)
+        score_stored_trees(store, tree_ids=unscored, reward_fn_spec=reward_fn_spec)
     return [summary.tree_id for summary in summaries], len(unscored)
 
 
@@ -313,8 +353,11 @@ def _run_training(
     from accelerate.utils import set_seed
 
     from treerpo.engines.loading import load_tokenizer
+    from treerpo.scoring.rewards import combine_reward_specs, resolve_reward_fn
 
     callbacks = callbacks or TrainCallbacks()
+    reward_fn_spec = combine_reward_specs(config.reward_fns, config.reward_weights)
+    resolve_reward_fn(reward_fn_spec)  # a bad --reward-fn is refused before any model loads
     started = time.perf_counter()
     # cpu=True without a GPU: how accelerate recognises a multi-process CPU launch (torchrun).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -333,6 +376,11 @@ def _run_training(
     trees_per_step *= accelerator.num_processes
     config_json = config.model_dump(mode="json")
 
+    evaluator = None
+    if config.eval is not None:
+        from treerpo.training.train_eval import TrainEvaluator
+
+        evaluator = TrainEvaluator(config=config, run_name=run_name)
     replay_ids: list[int] = []
     if config.chained:
         from treerpo.training.chained import ChainedBatches, load_chained_problems
@@ -341,11 +389,12 @@ def _run_training(
     else:
         if main:
             replay_ids, summary.scored_first = select_replay_trees(
-                store, source_runs=config.source_runs, on_message=say)
+                store, source_runs=config.source_runs, on_message=say,
+                reward_fn_spec=reward_fn_spec)
         accelerator.wait_for_everyone()
         if not main:
             replay_ids, _ = select_replay_trees(store, source_runs=config.source_runs,
-                                                on_message=say)
+                                                on_message=say, reward_fn_spec=reward_fn_spec)
     if main:
         run_id = repository.get_or_create_run(store, name=run_name, kind="train",
                                               model=config.engine.model, config=config_json).id
@@ -362,7 +411,7 @@ def _run_training(
         source: BatchSource = ChainedBatches(
             store=store, config=config, problems=problems, run_id=run_id, model=model,
             tokenizer=tokenizer, accelerator=accelerator, trees_per_step=trees_per_step,
-            on_message=say)
+            on_message=say, reward_fn_spec=reward_fn_spec)
     else:
         source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
                                seed=config.engine.seed)
@@ -397,7 +446,7 @@ def _run_training(
         step = _train_loop(
             store=store, config=config, accelerator=accelerator, source=source, updater=updater,
             run_id=run_id, start_step=step, total_steps=total_steps, sink=sink,
-            callbacks=callbacks, summary=summary, tokenizer=tokenizer)
+            callbacks=callbacks, summary=summary, tokenizer=tokenizer, evaluator=evaluator)
     except BaseException:
         if main:
             repository.finish_run(store, run_id, status="failed")
@@ -415,24 +464,33 @@ def _run_training(
 
 def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: BatchSource,
                 updater: PolicyUpdater, run_id: int, start_step: int, total_steps: int, sink,
-                callbacks: TrainCallbacks, summary: TrainSummary, tokenizer) -> int:
-    """Steps `start_step + 1 .. total_steps`: update, record, log, checkpoint. Returns the last."""
+                callbacks: TrainCallbacks, summary: TrainSummary, tokenizer,
+                evaluator=None) -> int:
+    """Steps `start_step + 1 .. total_steps`: update, record, log, evaluate, checkpoint.
+    Returns the last step."""
     opt, main, model = config.optimization, accelerator.is_main_process, updater.model
     output_dir = Path(config.output_dir).expanduser()
     step = start_step
     trained: set[int] = set()
     batch_index, batch_ids, shard = -1, [], []
+    no_signal = NoSignalWatch(patience=config.no_signal_warning_steps)
     while step < total_steps:
+        step_started = time.perf_counter()
+        batch_seconds = {"growth_seconds": 0.0, "scoring_seconds": 0.0}
         if step // opt.num_iterations != batch_index:
             batch_index = step // opt.num_iterations
             batch_ids = source.batch_tree_ids(batch_index)
+            batch_seconds = source.last_batch_seconds()
             shard = repository.load_trees(
                 store, batch_ids[accelerator.process_index::accelerator.num_processes])
         metrics = updater.update(shard)
         source.after_update(model)
         step += 1
         trained.update(batch_ids)
-        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics}
+        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics,
+                   **batch_seconds, "update_seconds": metrics["seconds"],
+                   "step_seconds": time.perf_counter() - step_started}
+        warning = no_signal.observe(metrics)
         if main:
             repository.record_train_step(store, run_id=run_id, step=step, metrics=metrics,
                                          tree_ids=batch_ids)
@@ -440,7 +498,19 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
             if step % config.logging_steps == 0 or step == total_steps:
                 sink.write(metrics)
                 callbacks.on_log(metrics)
+            if warning is not None:
+                callbacks.on_warning(warning)
         summary.last_metrics = metrics
+        if evaluator is not None and evaluator.due(step=step, total_steps=total_steps):
+            if main:
+                eval_metrics = evaluator.evaluate(
+                    store=store, model=model, tokenizer=tokenizer,
+                    engine=getattr(source, "vllm_engine", None), step=step,
+                    epoch=metrics["epoch"])
+                sink.write(eval_metrics)
+                callbacks.on_eval(eval_metrics)
+                summary.last_eval = eval_metrics
+            accelerator.wait_for_everyone()
         if step % config.save_steps == 0:
             path = _save(accelerator=accelerator, output_dir=output_dir, step=step, model=model,
                          tokenizer=tokenizer, updater=updater, config=config,
