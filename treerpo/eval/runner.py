@@ -225,7 +225,7 @@ def run_eval(
         problem_set = load_eval_problems(config)
     problems = problem_set.problems
     # A prompt that cannot render (no chat template) is bad input: find out before any write.
-    config.prompt.build(tokenizer, problems[0].problem)
+    config.prompt.build(tokenizer, problems[0].problem, messages=problems[0].messages)
     run_name = config.resolved_run_name()
     run = repository.get_or_create_run(store, name=run_name, kind=RUN_KIND,
                                        model=config.engine.model, config=config.stored_config())
@@ -265,8 +265,8 @@ def run_eval(
     for start in range(0, len(problems), config.batch_size):
         batch = [
             PromptedProblem(problem=problem, problem_id=problem_id,
-                            prompt_token_ids=config.prompt.build(tokenizer,
-                                                                 problem.problem).token_ids)
+                            prompt_token_ids=config.prompt.build(
+                                tokenizer, problem.problem, messages=problem.messages).token_ids)
             for problem, problem_id in zip(problems[start:start + config.batch_size],
                                            problem_ids[start:start + config.batch_size],
                                            strict=True)

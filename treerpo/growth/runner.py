@@ -65,7 +65,8 @@ def grow_and_store(
 ) -> list[Tree]:
     """Grow one tree per problem in one batch of waves, then store the batch's trees, each with
     all its nodes, in one transaction. Shared by `generate` and by chained training."""
-    rendered = [prompt.build(tokenizer, problem.problem) for problem in problems]
+    rendered = [prompt.build(tokenizer, problem.problem, messages=problem.messages)
+                for problem in problems]
     trees, stats = grow_trees(
         engine=engine,
         tokenizer=tokenizer,
@@ -116,7 +117,8 @@ def run_generate(
                               problems_total=len(problem_set.problems),
                               problems_skipped_rows=problem_set.skipped)
     # Check the prompt renders before touching the store (no chat template → exit 2).
-    config.prompt.build(tokenizer, problem_set.problems[0].problem)
+    config.prompt.build(tokenizer, problem_set.problems[0].problem,
+                        messages=problem_set.problems[0].messages)
     run = repository.get_or_create_run(store, name=summary.run_name, kind="generate",
                                        model=config.engine.model,
                                        config=config.model_dump(mode="json"))

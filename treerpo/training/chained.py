@@ -84,7 +84,8 @@ class ChainedBatches:
         self.reward_fn_spec = reward_fn_spec
         self.seconds = {"growth_seconds": 0.0, "scoring_seconds": 0.0}
         self.batches_per_epoch = math.ceil(len(problems) / trees_per_step)
-        config.prompt.build(tokenizer, problems[0].problem)  # no chat template: exit 2 now
+        config.prompt.build(tokenizer, problems[0].problem,  # no chat template: exit 2 now
+                            messages=problems[0].messages)
         engine = config.engine
         self.logprob_temperature = resolve_logprob_temperature(
             engine.logprob_temperature, sampling_temperature=config.sampling.temperature)
