@@ -377,7 +377,7 @@ class StepProgress:
         times = (f"grow {metrics.get('growth_seconds', 0.0):.1f}s · "
                  f"score {metrics.get('scoring_seconds', 0.0):.1f}s · "
                  f"update {metrics.get('update_seconds', 0.0):.1f}s")
-        self.progress.update(self.task, completed=metrics["step"], times=times)
+        self.progress.update(self.task, completed=metrics["step"], times=times, refresh=True)
 
     def __enter__(self) -> StepProgress:
         self.progress.__enter__()

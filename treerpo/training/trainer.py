@@ -367,6 +367,12 @@ def _run_training(
     output_dir = Path(config.output_dir).expanduser()
     run_name = config.resolved_run_name()
     summary = TrainSummary(run_name=run_name, output_dir=str(output_dir), is_main_process=main)
+    evaluator = None
+    if config.eval is not None:
+        from treerpo.training.train_eval import TrainEvaluator
+
+        # Bad eval data: exit 2 before anything is written.
+        evaluator = TrainEvaluator(config=config, run_name=run_name)
     sink = open_metrics_sink(output_dir=output_dir, report_to=config.report_to,
                              run_name=run_name, config=config, enabled=main)
     checkpoint = (checkpoints.resolve_checkpoint(config.resume_from_checkpoint,
@@ -376,11 +382,6 @@ def _run_training(
     trees_per_step *= accelerator.num_processes
     config_json = config.model_dump(mode="json")
 
-    evaluator = None
-    if config.eval is not None:
-        from treerpo.training.train_eval import TrainEvaluator
-
-        evaluator = TrainEvaluator(config=config, run_name=run_name)
     replay_ids: list[int] = []
     if config.chained:
         from treerpo.training.chained import ChainedBatches, load_chained_problems
