@@ -162,3 +162,37 @@ def test_score_imports_plugins_from_the_working_folder(reward_module, tiny_model
     result = run_cli("score", "--reward-fn", "my_rewards:half", "--db", db_url, "--json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["mean_reward"] == pytest.approx(0.5)
+
+
+def test_run_name_ignores_eval_and_counts_new_settings_only_when_set(captured_configs,
+                                                                    tmp_path):
+    from treerpo.config import TrainConfig
+
+    def run_name(*args):
+        result = run_cli("train", "--model", "m", "--dataset", "arith", "--output-dir",
+                         str(tmp_path / "out"), *args)
+        assert result.exit_code == 0, result.stderr
+        return TrainConfig.model_validate(captured_configs.pop().model_dump()).resolved_run_name()
+
+    plain = run_name()
+    assert run_name("--eval-dataset", "arith", "--eval-steps", "3") == plain
+    assert run_name("--no-signal-warning-steps", "2") == plain
+    assert run_name("--warmup-steps", "3") != plain
+    assert run_name("--warmup-steps", "0") == plain
+
+
+def test_spellings_rewrite_only_what_the_command_has():
+    import typer
+
+    from treerpo.cli import app
+    from treerpo.cli.spellings import normalise_args
+
+    root = typer.main.get_command(app)
+    assert normalise_args(root, ["inspect", "--json", "1"]) == ["inspect", "--json", "1"]
+    assert normalise_args(root, ["train", "--bf16", "false", "--model_id", "m"]) == [
+        "train", "--model", "m"]
+    assert normalise_args(root, ["--", "train", "--use_vllm", "TRUE"]) == [
+        "--", "train", "--use-vllm"]
+    assert normalise_args(root, ["trees", "--model-id", "x"]) == ["trees", "--model-id", "x"]
+    assert normalise_args(root, ["train", "--", "--bf16", "false"]) == [
+        "train", "--", "--bf16", "false"]

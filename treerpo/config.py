@@ -275,7 +275,13 @@ class TrainConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={
             "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
-            "save_total_limit", "report_to"})
+            "save_total_limit", "report_to", "eval", "no_signal_warning_steps"})
+        # Settings added later count only when set, so an older command keeps its run's name.
+        for part, key, default in ((shaping, "reward_fns", []), (shaping, "reward_weights", None),
+                                   (shaping["optimization"], "lr_scheduler_kwargs", {}),
+                                   (shaping["optimization"], "warmup_steps", 0)):
+            if part[key] == default:
+                del part[key]
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.output_dir).name)

@@ -13,7 +13,8 @@ value after a boolean flag of the command being run: `--flag true` becomes `--fl
 `--flag false` becomes the flag's negative form (`--no-flag`) when it has one, else it is
 dropped (the flag's default is off). A negative form is a flag's `/--no-x` half or a (hidden)
 `--no-x` option of its own. Only flags of the command named on the line are touched,
-and nothing after `--`.
+and nothing after a `--` (one in front of the command, as `torchrun ... -m treerpo.cli -- train`
+may pass on, is not an end of options).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _target_command(root, args: Sequence[str]):
     """The (sub)command the line runs: follow command names through the groups."""
     command = root
     for token in args:
-        if token == "--":
+        if token == "--" and command is not root:
             break
         commands = getattr(command, "commands", None)
         if commands is None:
@@ -86,7 +87,7 @@ def _expand_aliases(command, args: Sequence[str]) -> list[str]:
                if target in names and alias not in names}
     rewritten: list[str] = []
     for index, token in enumerate(args):
-        if token == "--":
+        if token == "--" and index > 0:
             rewritten.extend(args[index:])
             break
         name, has_equals, value = token.partition("=")
@@ -103,7 +104,7 @@ def _expand_bool_values(command, args: Sequence[str]) -> list[str]:
     index = 0
     while index < len(args):
         token = args[index]
-        if token == "--":
+        if token == "--" and index > 0:
             rewritten.extend(args[index:])
             break
         name, has_equals, inline = token.partition("=")
