@@ -23,7 +23,7 @@ def test_eval_dataset_on_arith(db_url):
     again = run_cli("eval", "dataset", "--model", str(arith_policy_path()), "--dataset", "arith",
                     "--limit", "6", "--k", "2", "--max-new-tokens", "48", "--db", db_url)
     assert again.exit_code == 0, again.stderr
-    assert "12 records resumed" in again.stdout and "arith · run" in again.stdout
+    assert "12 records resumed" in again.stdout and "arith (test) · run" in again.stdout
 
 
 def test_eval_dataset_local_file_and_bad_column(tmp_path, db_url):

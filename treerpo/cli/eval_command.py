@@ -186,7 +186,8 @@ def dataset(
             generation_batch_size=generation_batch_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
         prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template))
-    _evaluate(config, label="eval", title=config.data.dataset, db=db, json_output=json_output)
+    _evaluate(config, label="eval", title=f"{config.benchmark} ({config.data.split})", db=db,
+              json_output=json_output)
 
 
 def _dataset_name(dataset: str) -> str:

@@ -61,6 +61,7 @@ from treerpo.store.database import Store
 from treerpo.training import checkpoints
 from treerpo.training.data_order import tree_order
 from treerpo.training.metrics import open_metrics_sink
+from treerpo.training.no_signal import NoSignalWatch
 from treerpo.training.packed_forward import packed_tree_loss
 from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
 from treerpo.trees import Tree
@@ -91,32 +92,6 @@ class TrainSummary:
     seconds: float = 0.0
     is_main_process: bool = True  # under `accelerate launch`, only the main process reports
     last_eval: dict[str, Any] = field(default_factory=dict)  # `--eval-dataset`: the last one
-
-
-class NoSignalWatch:
-    """Counts consecutive steps whose trees carried no signal (every advantage zero, e.g. all
-    rewards 0) and says so every `patience` of them: such steps update nothing, silently."""
-
-    def __init__(self, *, patience: int) -> None:
-        self.patience = patience
-        self.streak = 0
-        self.rewards: list[float] = []
-
-    def observe(self, metrics: dict[str, Any]) -> str | None:
-        if metrics.get("nonzero_token_share"):  # None (no trained token) counts as no signal
-            self.streak, self.rewards = 0, []
-            return None
-        self.streak += 1
-        if metrics.get("mean_reward") is not None:
-            self.rewards.append(metrics["mean_reward"])
-        if self.streak % self.patience:
-            return None
-        rewards = (f"mean leaf reward {min(self.rewards):.3f}–{max(self.rewards):.3f}"
-                   if self.rewards else "no scored leaves")
-        return (f"warning: steps {metrics['step'] - self.streak + 1}–{metrics['step']} had no "
-                f"learning signal (every advantage 0: the leaves of every sibling group scored "
-                f"alike; {rewards}). Check the reward function and the answers, or grow more "
-                "varied trees (--temperature, --root-children)")
 
 
 class BatchSource(Protocol):
