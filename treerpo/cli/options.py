@@ -165,10 +165,10 @@ RewardFn = Annotated[list[str] | None, typer.Option(
     "--reward-fn", help="MODULE:FUNCTION called with completion=, reference=, problem= and "
     "returning a float in [0, 1] (default: the verified \\boxed{} answer check); repeatable: "
     "the reward is the weighted sum. The working folder is importable.",
-    rich_help_panel=REWARDS)]
+    metavar="MODULE:FUNCTION", rich_help_panel=REWARDS)]
 RewardWeights = Annotated[list[str] | None, typer.Option(
     "--reward-weights", help="One weight per --reward-fn, comma-separated or repeated "
-    "(default: 1 each).", rich_help_panel=REWARDS)]
+    "(default: 1 each).", metavar="W[,W...]", rich_help_panel=REWARDS)]
 
 
 def parse_reward_weights(values: list[str] | None) -> list[float] | None:

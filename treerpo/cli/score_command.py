@@ -38,7 +38,8 @@ def score(
     """Score stored trees: leaf rewards, node values (mean of descendant leaves), advantages.
 
     A leaf's reward is 1 when the last \\boxed{...} of its path's completion equals the
-    reference mathematically (math-verify), else 0; `--reward-fn` plugs in your own. Each
+    reference mathematically (math-verify), else 0; `--reward-fn` plugs in your own (repeat it
+    for a weighted sum, `--reward-weights`; `./module.py` in the working folder is found). Each
     node's value is the mean reward of all leaves below it; a node with siblings gets
     advantage = value - mean value of its sibling group. Idempotent: scored trees are skipped
     unless `--rescore`. All or nothing: a failing reward function leaves the store unchanged.
@@ -51,8 +52,7 @@ def score(
 
         treerpo score --rescore --reward-fn my_rewards:length_penalised
 
-        treerpo score --rescore --reward-fn my_rewards:format --reward-fn my_rewards:answer
-        --reward-weights 0.2,0.8
+        treerpo score --reward-fn rw:fmt --reward-fn rw:ans --reward-weights 0.2,0.8
     """
     from treerpo.scoring.rewards import combine_reward_specs, resolve_reward_fn
     from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score

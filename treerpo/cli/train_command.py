@@ -230,6 +230,10 @@ def train(
     updates. Checkpoints go to OUTPUT_DIR/checkpoint-STEP; the final model to OUTPUT_DIR.
     Runs unchanged under `accelerate launch` (one shard of each step's trees per process).
 
+    A progress bar shows steps, ETA and each step's growth / scoring / update seconds (also in
+    metrics.jsonl); a warning says when --no-signal-warning-steps steps in a row had no
+    advantage to learn from. --eval-dataset evaluates greedily during training (eval_accuracy).
+
     TRL's spellings work too: --model_name_or_path, --dataset_name, --max_completion_length,
     --vllm_gpu_memory_utilization, the flags of the "TRL spellings" panel, and true/false after
     any flag (`--gradient_checkpointing true`).
