@@ -196,3 +196,22 @@ def test_spellings_rewrite_only_what_the_command_has():
     assert normalise_args(root, ["trees", "--model-id", "x"]) == ["trees", "--model-id", "x"]
     assert normalise_args(root, ["train", "--", "--bf16", "false"]) == [
         "train", "--", "--bf16", "false"]
+
+
+def test_conversational_rows_from_parquet_and_bad_messages(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from treerpo.problems.sources import load_problems
+
+    table = pa.table({
+        "prompt": [[{"role": "user", "content": "2 + 2?"}],
+                   [{"role": "user", "content": "first"}, {"role": "assistant", "content": "x"},
+                    {"role": "user", "content": "3 + 3?"}],
+                   [{"role": "user", "content": ""}]],
+        "answer": ["4", "6", "0"],
+    })
+    pq.write_table(table, tmp_path / "train.parquet")
+    problems = load_problems(dataset=str(tmp_path / "train.parquet")).problems
+    assert [problem.problem for problem in problems] == ["2 + 2?", "3 + 3?"]
+    assert problems[1].messages == (("user", "first"), ("assistant", "x"), ("user", "3 + 3?"))
