@@ -72,3 +72,21 @@ def test_eval_dataset_needs_a_known_source(tmp_path):
                      "--db", f"sqlite:///{tmp_path / 's.db'}")
     assert result.exit_code == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_plateau_scheduler_steps_on_eval_accuracy(tmp_path, db_url):
+    # A learning rate too small to change a greedy answer: the accuracy stays flat, so with
+    # patience 0 the second evaluation halves the learning rate.
+    output_dir = tmp_path / "out"
+    result = run_cli("train", "--model", str(arith_policy_path()), *CHAINED, "--max-steps", "3",
+                     "--learning-rate", "1e-12", "--lr-scheduler-type", "reduce_lr_on_plateau",
+                     "--lr-scheduler-kwargs", '{"patience": 0, "factor": 0.5}',
+                     "--eval-dataset", "arith", "--eval-limit", "3", "--eval-steps", "1",
+                     "--output-dir", str(output_dir), "--db", db_url)
+    assert result.exit_code == 0, result.stderr
+    lines = _metrics(output_dir)
+    accuracies = [line["eval_accuracy"] for line in lines if "eval_accuracy" in line]
+    assert len(accuracies) == 3 and len(set(accuracies)) == 1
+    rates = [line["learning_rate"] for line in lines if "learning_rate" in line]
+    assert rates[0] == rates[1] == pytest.approx(1e-12)
+    assert rates[2] == pytest.approx(0.5e-12)

@@ -120,7 +120,9 @@ LossAggregation = Literal["group", "token", "leaf"]
 AdvantageMode = Literal["local", "global-local"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
 # Every name of transformers' `SchedulerType` (a test pins the list against the installed
-# transformers). Those stepped on a validation metric cannot follow treerpo's per-step schedule.
+# transformers). Those stepped on a metric are stepped, as HF's Trainer does, after each
+# evaluation during training (`--eval-dataset`) with `eval_accuracy` (mode "max" by default),
+# not after every optimizer step.
 SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
                    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
                    "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
@@ -179,10 +181,12 @@ class OptimizationConfig(_Strict):
     def _known_scheduler(cls, name: str) -> str:
         if name not in SCHEDULER_TYPES:
             raise ValueError(f"unknown scheduler; use one of {', '.join(SCHEDULER_TYPES)}")
-        if name in METRIC_SCHEDULERS:
-            raise ValueError(f"{name} steps on a validation metric, not every optimizer step as "
-                             "treerpo's schedule does; use another scheduler")
         return name
+
+    @property
+    def steps_on_metric(self) -> bool:
+        """Whether the scheduler steps on eval_accuracy after each evaluation (not per step)."""
+        return self.lr_scheduler_type in METRIC_SCHEDULERS
 
     @model_validator(mode="after")
     def _scheduler_kwargs_complete(self) -> OptimizationConfig:
@@ -250,6 +254,14 @@ class TrainConfig(_Strict):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"{existing} is not writable")
         return output_dir
+
+    @model_validator(mode="after")
+    def _metric_scheduler_has_a_metric(self) -> TrainConfig:
+        if self.optimization.steps_on_metric and self.eval is None:
+            raise ValueError(f"--lr-scheduler-type {self.optimization.lr_scheduler_type} steps on "
+                             "an eval metric: give --eval-dataset (it steps on eval_accuracy "
+                             "after each evaluation)")
+        return self
 
     @model_validator(mode="after")
     def _reward_weights_match(self) -> TrainConfig:

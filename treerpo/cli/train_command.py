@@ -64,10 +64,11 @@ MaxSteps = Annotated[int, typer.Option(
 LearningRate = Annotated[float, typer.Option(
     "--learning-rate", help="AdamW peak learning rate.", rich_help_panel=opt.OPTIMISATION)]
 Scheduler = Annotated[str, typer.Option(
-    "--lr-scheduler-type", help="Any transformers SchedulerType name but the two stepped on a "
-    "metric (reduce_lr_on_plateau, greedy): linear, cosine, cosine_with_restarts, polynomial, "
-    "constant, constant_with_warmup, inverse_sqrt, cosine_with_min_lr, "
-    "cosine_warmup_with_min_lr, warmup_stable_decay.", rich_help_panel=opt.OPTIMISATION)]
+    "--lr-scheduler-type", help="Any transformers SchedulerType name: linear, cosine, "
+    "cosine_with_restarts, polynomial, constant, constant_with_warmup, inverse_sqrt, "
+    "cosine_with_min_lr, cosine_warmup_with_min_lr, warmup_stable_decay; reduce_lr_on_plateau "
+    "and greedy step on eval_accuracy after each evaluation (need --eval-dataset).",
+    rich_help_panel=opt.OPTIMISATION)]
 SchedulerKwargs = Annotated[str | None, typer.Option(
     "--lr-scheduler-kwargs", help="JSON object of the scheduler's own arguments, e.g. "
     "'{\"min_lr_rate\": 0.1}' (cosine_with_min_lr) or '{\"num_decay_steps\": 20}' "

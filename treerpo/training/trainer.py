@@ -151,7 +151,10 @@ class PolicyUpdater:
             optimization.lr_scheduler_type, self.optimizer,
             num_warmup_steps=optimization.num_warmup_steps(total_steps),
             num_training_steps=total_steps,
-            scheduler_specific_kwargs=dict(optimization.lr_scheduler_kwargs) or None,
+            scheduler_specific_kwargs=(
+                {"mode": "max", **optimization.lr_scheduler_kwargs}  # on eval_accuracy
+                if optimization.steps_on_metric
+                else dict(optimization.lr_scheduler_kwargs) or None),
         )
 
     def update(self, trees: list[Tree]) -> dict[str, Any]:
@@ -203,7 +206,8 @@ class PolicyUpdater:
             self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf)
         learning_rate = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
+        if not opt.steps_on_metric:  # those step in `step_on_eval`
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         return {
@@ -219,6 +223,11 @@ class PolicyUpdater:
             "num_groups": int(total_groups),
             "seconds": seconds,
         }
+
+    def step_on_eval(self, eval_accuracy: float) -> None:
+        """A metric scheduler (reduce_lr_on_plateau, greedy) steps on each evaluation."""
+        if self.optimization.steps_on_metric:
+            self.scheduler.step(eval_accuracy)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -478,6 +487,7 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 callbacks.on_warning(warning)
         summary.last_metrics = metrics
         if evaluator is not None and evaluator.due(step=step, total_steps=total_steps):
+            accuracy = torch.zeros(1, dtype=torch.float64)
             if main:
                 eval_metrics = evaluator.evaluate(
                     store=store, model=model, tokenizer=tokenizer,
@@ -486,7 +496,9 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 sink.write(eval_metrics)
                 callbacks.on_eval(eval_metrics)
                 summary.last_eval = eval_metrics
-            accelerator.wait_for_everyone()
+                accuracy[0] = eval_metrics["eval_accuracy"]
+            # Every process's scheduler steps on the main process's figure.
+            updater.step_on_eval(float(updater._sum_over_processes(accuracy)[0]))
         if step % config.save_steps == 0:
             path = _save(accelerator=accelerator, output_dir=output_dir, step=step, model=model,
                          tokenizer=tokenizer, updater=updater, config=config,
