@@ -11,7 +11,8 @@ release's (fixed here; saved with every eval run's config):
   requests of a problem are the same prompt k times, batched with the other problems' requests.
 
 The prompt is the question as a single user message through the tokenizer's chat template
-(`PromptSettings`' default; a system prompt or a plain prompt template can be given). A
+(`PromptSettings`' default; a system prompt or a plain prompt template can be given), or a
+conversational row's own messages. A
 completion's answer is its last `\boxed{…}`: without one it is incorrect and casts no vote.
 Greedy correctness is `is_correct(completion, reference)`, the training reward's check. Maj@k
 votes are grouped by mathematical equivalence (`treerpo.eval.voting`); a tie is broken by an rng
