@@ -30,7 +30,8 @@ TRL = "TRL spellings"
 
 # Data
 Model = Annotated[str, typer.Option("--model",
-                                    help="Local model folder or Hugging Face hub id.",
+                                    help="Local model folder or Hugging Face hub id "
+                                    "(also --model-id, --model_name_or_path).",
                                     rich_help_panel=DATA)]
 Dataset = Annotated[str, typer.Option(
     "--dataset", help="Hub dataset id (e.g. AI-MO/NuminaMath-CoT, "

@@ -2,13 +2,13 @@
 
 **Aliases** (`ALIASES`): the original release's and TRL's names for an option a command has
 under another name, e.g. `--model_name_or_path` for `--model`. They are rewritten rather than
-declared so that `--help` lists each option once, readable at 80 columns; `--help` mentions
-them in its "TRL spellings" panel and the README lists them. An alias is only rewritten for a
+declared so that `--help` lists each option once, readable at 80 columns; `train --help`
+names them in its description and the README lists them. An alias is only rewritten for a
 command that has its target and no option of the alias's own name.
 
 **Boolean flags that also take a value**: `--gradient-checkpointing true`, `--bf16=false`.
 TRL and transformers' argument parsers accept `--flag`, `--flag true` and `--flag false`; Click's
-flags take no value. Before Click parses the line, `expand_bool_values` rewrites a true/false
+flags take no value. Before Click parses the line, `normalise_args` rewrites a true/false
 value after a boolean flag of the command being run: `--flag true` becomes `--flag`, and
 `--flag false` becomes the flag's negative form (`--no-flag`) when it has one, else it is
 dropped (the flag's default is off). A negative form is a flag's `/--no-x` half or a (hidden)
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# As a separate token only true/false count: `inspect --json 1` keeps its tree id.
 ALIASES = {
     "--model-id": "--model",  # the original release's spelling
     "--model-name-or-path": "--model",  # TRL's ModelConfig
@@ -30,6 +29,7 @@ ALIASES = {
     "--vllm-gpu-memory-utilization": "--gpu-memory-utilization",  # GRPOConfig
 }
 
+# As a separate token only true/false count: `inspect --json 1` keeps its tree id.
 TRUE_WORDS = frozenset({"true"})
 FALSE_WORDS = frozenset({"false"})
 # After `=` the value is unambiguous, so transformers' other spellings are accepted too.
