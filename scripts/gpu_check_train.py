@@ -101,9 +101,7 @@ def main() -> int:
                 continue
             steps = [json.loads(line) for line in
                      (output_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-            step_seconds = [sum(step.get(key) or 0.0 for key in
-                                ("seconds", "growth_seconds", "scoring_seconds"))
-                            for step in steps]
+            step_seconds = [step["step_seconds"] for step in steps]
             peak = max((step.get("peak_memory_mb") or 0.0) for step in steps)
             table.add_row(label, f"{sum(step_seconds) / len(step_seconds):.2f}", f"{peak:.0f}",
                           f"{steps[0]['ratio_mean']:.4f}", "ok")

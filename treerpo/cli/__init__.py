@@ -30,6 +30,7 @@ from treerpo.cli import (
     store_commands,
     train_command,
 )
+from treerpo.cli.spellings import normalise_args
 from treerpo.errors import TreerpoError
 
 app = typer.Typer(
@@ -93,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ran ~1.6x slower without this).
     gc.freeze()
     command = typer.main.get_command(app)
+    args = normalise_args(command, args)  # TRL's spellings: `--bf16 true`, `--model_name_or_path`
     try:
         result = command.main(args=args, prog_name="treerpo", standalone_mode=False)
     except NoArgsIsHelpError:  # Typer has already printed the help

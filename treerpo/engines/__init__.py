@@ -10,11 +10,11 @@ import importlib.util
 from typing import TYPE_CHECKING, Literal
 
 from treerpo.engines.base import Engine, GenerationRequest, GenerationResult, SamplingSettings
-from treerpo.engines.loading import TorchDtypeName
 from treerpo.errors import BadInputError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the first engine, not with this package
     from treerpo.config import EngineConfig, LogprobTemperatureMode
+    from treerpo.engines.loading import TorchDtypeName
 
 EngineName = Literal["auto", "hf", "vllm"]
 

@@ -4,7 +4,7 @@ Batch b takes the next per_device_train_batch_size x gradient_accumulation_steps
 problems of the dataset (in a seeded order, reshuffled every epoch), and each process grows the
 trees of its own share with `grow_and_store`, the code `treerpo generate` runs, so the trees are
 persisted in the train run exactly like generated ones, then scored with `score_stored_trees`
-(the default reward, as `treerpo score`).
+(the default reward, or `--reward-fn`'s, as `treerpo score`).
 
 The engine follows the policy:
 
@@ -27,6 +27,7 @@ than grown twice (the store keeps one tree per problem, run and epoch).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 from treerpo.config import TrainConfig
@@ -35,7 +36,7 @@ from treerpo.problems.sources import Problem, load_problems
 from treerpo.provenance import tokenizer_fingerprint
 from treerpo.store import repository
 from treerpo.store.database import Store
-from treerpo.training.trainer import tree_order
+from treerpo.training.data_order import tree_order
 
 _SEED_STRIDE = 1_000_003
 
@@ -66,6 +67,7 @@ class ChainedBatches:
         accelerator,
         trees_per_step: int,
         on_message: Callable[[str], None],
+        reward_fn_spec: str | None = None,
     ) -> None:
         from treerpo.engines import (
             create_engine_from_config,
@@ -82,10 +84,13 @@ class ChainedBatches:
         self.accelerator = accelerator
         self.trees_per_step = trees_per_step
         self.on_message = on_message
+        self.reward_fn_spec = reward_fn_spec
+        self.seconds = {"growth_seconds": 0.0, "scoring_seconds": 0.0}
         self.batches_per_epoch = math.ceil(len(problems) / trees_per_step)
         self.tokenizer_hash = tokenizer_fingerprint(tokenizer)
         self.base_policy_version: str | None = None
-        config.prompt.build(tokenizer, problems[0].problem)  # no chat template: exit 2 now
+        config.prompt.build(tokenizer, problems[0].problem,  # no chat template: exit 2 now
+                            messages=problems[0].messages)
         engine = config.engine
         self.logprob_temperature = resolve_logprob_temperature(
             engine.logprob_temperature, sampling_temperature=config.sampling.temperature)
@@ -112,8 +117,11 @@ class ChainedBatches:
         mine = [self.problems[index] for index in chosen.tolist()][
             rank::self.accelerator.num_processes]
         own_ids: list[int] = []
+        growth_seconds = scoring_seconds = 0.0
         # Before any branch: under FSDP gathering the weights is a collective of every process.
+        started = time.perf_counter()
         self._refresh_vllm_weights()
+        growth_seconds += time.perf_counter() - started  # the weight push is part of growth
         if mine:
             problem_ids = repository.upsert_problems(self.store, [
                 (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
@@ -127,6 +135,7 @@ class ChainedBatches:
                                                                          strict=True)
                     if problem_id not in existing]
             if todo:
+                started = time.perf_counter()
                 grown = grow_and_store(
                     store=self.store, engine=self._engine(batch_index), tokenizer=self.tokenizer,
                     problems=[problem for problem, _ in todo],
@@ -136,15 +145,24 @@ class ChainedBatches:
                     tree_settings=config.tree, sampling=config.sampling,
                     seed=self._seed(batch_index), epoch=epoch)
                 existing.update({tree.problem_id: tree.tree_id for tree in grown})
+                growth_seconds += time.perf_counter() - started
             own_ids = [existing[problem_id] for problem_id in problem_ids]
             unscored = select_trees_to_score(self.store, tree_ids=own_ids)
             if unscored:
-                score_stored_trees(self.store, tree_ids=unscored)
+                started = time.perf_counter()
+                score_stored_trees(self.store, tree_ids=unscored,
+                                   reward_fn_spec=self.reward_fn_spec)
+                scoring_seconds = time.perf_counter() - started
         if self.vllm_engine is not None:
             self.vllm_engine.sleep()  # sleep mode: free vLLM's memory for the updates
+        # This process's own times (under several processes, the main process's share).
+        self.seconds = {"growth_seconds": growth_seconds, "scoring_seconds": scoring_seconds}
         if self.accelerator.num_processes == 1:
             return own_ids
         return [tree_id for ids in gather_object([own_ids]) for tree_id in ids]
+
+    def last_batch_seconds(self) -> dict[str, float]:
+        return dict(self.seconds)
 
     def after_update(self, model) -> None:
         """vLLM: its weights are now stale; they are pushed once, right before the next growth

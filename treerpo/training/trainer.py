@@ -53,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from treerpo.config import OptimizationConfig, TrainConfig
@@ -63,6 +62,7 @@ from treerpo.scoring.values import with_advantages
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.training import checkpoints, resume
+from treerpo.training.data_order import tree_order
 from treerpo.training.distributed import (
     ParallelPlan,
     full_model_state,
@@ -75,6 +75,7 @@ from treerpo.training.distributed import (
     zero_weight_forward,
 )
 from treerpo.training.metrics import open_metrics_sink
+from treerpo.training.no_signal import NoSignalWatch
 from treerpo.training.packed_forward import packed_tree_loss
 from treerpo.training.packing import pack_tree
 from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
@@ -89,6 +90,8 @@ class TrainCallbacks:
     on_start: Callable[[int, int], None] = lambda start_step, total_steps: None
     on_step: Callable[[dict[str, Any]], None] = lambda metrics: None
     on_log: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_eval: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_warning: Callable[[str], None] = lambda message: None
 
 
 @dataclass
@@ -103,6 +106,7 @@ class TrainSummary:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     is_main_process: bool = True  # under `accelerate launch`, only the main process reports
+    last_eval: dict[str, Any] = field(default_factory=dict)  # `--eval-dataset`: the last one
 
 
 class BatchSource(Protocol):
@@ -118,6 +122,10 @@ class BatchSource(Protocol):
         """Called after every optimizer step (chained: push the weights into the engine)."""
         ...
 
+    def last_batch_seconds(self) -> dict[str, float]:
+        """Seconds the last `batch_tree_ids` spent growing and scoring trees."""
+        ...
+
 
 def trained_counts(tree: Tree) -> tuple[int, int, float]:
     """(trained tokens, sibling groups, visitation mass) of a tree: tokens of nodes that carry
@@ -131,12 +139,6 @@ def trained_counts(tree: Tree) -> tuple[int, int, float]:
     leaf_counts = tree.leaf_counts()
     visit_mass = sum(leaf_counts[parent] for parent in parents) / leaf_counts[0] if parents else 0.0
     return tokens, len(parents), visit_mass
-
-
-def tree_order(*, num_trees: int, seed: int, epoch: int) -> np.ndarray:
-    """The data order of an epoch: a permutation that depends only on (seed, epoch), so a resumed
-    run needs nothing but the step to find its place."""
-    return np.random.default_rng([seed, epoch]).permutation(num_trees)
 
 
 class PolicyUpdater:
@@ -168,8 +170,12 @@ class PolicyUpdater:
         )
         self.scheduler = get_scheduler(
             optimization.lr_scheduler_type, self.optimizer,
-            num_warmup_steps=math.ceil(optimization.warmup_ratio * total_steps),
+            num_warmup_steps=optimization.num_warmup_steps(total_steps),
             num_training_steps=total_steps,
+            scheduler_specific_kwargs=(
+                {"mode": "max", **optimization.lr_scheduler_kwargs}  # on eval_accuracy
+                if optimization.steps_on_metric
+                else dict(optimization.lr_scheduler_kwargs) or None),
         )
 
     def update(self, trees: list[Tree]) -> dict[str, Any]:
@@ -240,7 +246,8 @@ class PolicyUpdater:
             self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf))
         learning_rate = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
+        if not opt.steps_on_metric:  # those step in `step_on_eval`
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         return {
@@ -268,6 +275,10 @@ class PolicyUpdater:
         if self.optimization.max_packed_tokens is None or not self.plan.wrapped:
             return 1
         return len(pack_tree(tree=tree, max_packed_tokens=self.optimization.max_packed_tokens))
+    def step_on_eval(self, eval_accuracy: float) -> None:
+        """A metric scheduler (reduce_lr_on_plateau, greedy) steps on each evaluation."""
+        if self.optimization.steps_on_metric:
+            self.scheduler.step(eval_accuracy)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -300,13 +311,19 @@ class ReplayBatches:
     def after_update(self, model) -> None:
         """Replay has no engine to refresh."""
 
+    def last_batch_seconds(self) -> dict[str, float]:
+        """Replay grows nothing; its unscored trees were scored before training."""
+        return {"growth_seconds": 0.0, "scoring_seconds": 0.0}
+
 
 def select_replay_trees(
     store: Store, *, source_runs: list[str], on_message: Callable[[str], None],
     policy: ReplayPolicy | None = None,
+    reward_fn_spec: str | None = None,
 ) -> tuple[list[int], int]:
     """The stored trees to replay (of `source_runs`, or all), after scoring the unscored ones
-    with the default reward exactly as `treerpo score` would. Returns (tree ids, scored now).
+    with `reward_fn_spec` (None: the default reward) exactly as `treerpo score` would. Returns
+    (tree ids, scored now).
 
     With `policy`, the trees' provenance is checked first (`check_replay_provenance`): trees of
     another tokenizer, or of another policy unless allowed, are refused before anything is
@@ -329,9 +346,10 @@ def select_replay_trees(
     unscored = [tree_id for run_id in run_ids
                 for tree_id in select_trees_to_score(store, run_id=run_id)]
     if unscored:
-        on_message(f"scoring {len(unscored)} unscored tree(s) first with the default reward "
+        reward = reward_fn_spec or "the default reward"
+        on_message(f"scoring {len(unscored)} unscored tree(s) first with {reward} "
                    "(as `treerpo score` would)")
-        score_stored_trees(store, tree_ids=unscored)
+        score_stored_trees(store, tree_ids=unscored, reward_fn_spec=reward_fn_spec)
     return [summary.tree_id for summary in summaries], len(unscored)
 
 
@@ -392,8 +410,11 @@ def _run_training(
     from accelerate.utils import set_seed
 
     from treerpo.engines.loading import load_tokenizer, policy_version
+    from treerpo.scoring.rewards import combine_reward_specs, resolve_reward_fn
 
     callbacks = callbacks or TrainCallbacks()
+    reward_fn_spec = combine_reward_specs(config.reward_fns, config.reward_weights)
+    resolve_reward_fn(reward_fn_spec)  # a bad --reward-fn is refused before any model loads
     started = time.perf_counter()
     # cpu=True without a GPU: how accelerate recognises a multi-process CPU launch (torchrun).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -403,6 +424,12 @@ def _run_training(
     output_dir = Path(config.output_dir).expanduser()
     run_name = config.resolved_run_name()
     summary = TrainSummary(run_name=run_name, output_dir=str(output_dir), is_main_process=main)
+    evaluator = None
+    if config.eval is not None:
+        from treerpo.training.train_eval import TrainEvaluator
+
+        # Bad eval data: exit 2 before anything is written.
+        evaluator = TrainEvaluator(config=config, run_name=run_name)
     checkpoint = (checkpoints.resolve_checkpoint(config.resume_from_checkpoint,
                                                  output_dir=output_dir)
                   if config.resume_from_checkpoint else None)
@@ -443,11 +470,13 @@ def _run_training(
             allow_off_policy=config.allow_off_policy)
         if main:
             replay_ids, summary.scored_first = select_replay_trees(
-                store, source_runs=config.source_runs, on_message=say, policy=replay_policy)
+                store, source_runs=config.source_runs, on_message=say, policy=replay_policy,
+                reward_fn_spec=reward_fn_spec)
         accelerator.wait_for_everyone()
         if not main:
             replay_ids, _ = select_replay_trees(store, source_runs=config.source_runs,
-                                                on_message=say, policy=replay_policy)
+                                                on_message=say, policy=replay_policy,
+                                                reward_fn_spec=reward_fn_spec)
     if resume_point is not None:  # the run's length, before the run or its logs are touched
         data_size = len(problems) if config.chained else len(replay_ids)
         resume.check_total_steps(point=resume_point, total_steps=total_steps_for(
@@ -473,7 +502,7 @@ def _run_training(
         source: BatchSource = ChainedBatches(
             store=store, config=config, problems=problems, run_id=run_id, model=model,
             tokenizer=tokenizer, accelerator=accelerator, trees_per_step=trees_per_step,
-            on_message=say)
+            on_message=say, reward_fn_spec=reward_fn_spec)
     else:
         source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
                                seed=config.engine.seed)
@@ -519,7 +548,8 @@ def _run_training(
             run_id=run_id, start_step=step, total_steps=total_steps, sink=sink,
             callbacks=callbacks, summary=summary, tokenizer=tokenizer,
             checkpointing=checkpoints.Checkpointing(save_dtype=save_dtype,
-                                                    log_history=log_history))
+                                                    log_history=log_history),
+            evaluator=evaluator)
     except BaseException:
         if main:
             repository.finish_run(store, run_id, status="failed")
@@ -540,24 +570,32 @@ def _run_training(
 def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: BatchSource,
                 updater: PolicyUpdater, run_id: int, start_step: int, total_steps: int, sink,
                 callbacks: TrainCallbacks, summary: TrainSummary, tokenizer,
-                checkpointing: checkpoints.Checkpointing) -> int:
-    """Steps `start_step + 1 .. total_steps`: update, record, log, checkpoint. Returns the last."""
+                checkpointing: checkpoints.Checkpointing, evaluator=None) -> int:
+    """Steps `start_step + 1 .. total_steps`: update, record, log, evaluate, checkpoint.
+    Returns the last step."""
     opt, main, model = config.optimization, accelerator.is_main_process, updater.model
     output_dir = Path(config.output_dir).expanduser()
     step = start_step
     trained: set[int] = set()
     batch_index, batch_ids, shard = -1, [], []
+    no_signal = NoSignalWatch(patience=config.no_signal_warning_steps)
     while step < total_steps:
+        step_started = time.perf_counter()
+        batch_seconds = {"growth_seconds": 0.0, "scoring_seconds": 0.0}
         if step // opt.num_iterations != batch_index:
             batch_index = step // opt.num_iterations
             batch_ids = source.batch_tree_ids(batch_index)
+            batch_seconds = source.last_batch_seconds()
             shard = repository.load_trees(
                 store, batch_ids[accelerator.process_index::accelerator.num_processes])
         metrics = updater.update(shard)
         source.after_update(model)
         step += 1
         trained.update(batch_ids)
-        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics}
+        metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics,
+                   **batch_seconds, "update_seconds": metrics["seconds"],
+                   "step_seconds": time.perf_counter() - step_started}
+        warning = no_signal.observe(metrics)
         if main:
             repository.record_train_step(store, run_id=run_id, step=step, metrics=metrics,
                                          tree_ids=batch_ids)
@@ -566,7 +604,22 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 sink.write(metrics)
                 checkpointing.log_history.append(metrics)
                 callbacks.on_log(metrics)
+            if warning is not None:
+                callbacks.on_warning(warning)
         summary.last_metrics = metrics
+        if evaluator is not None and evaluator.due(step=step, total_steps=total_steps):
+            accuracy = torch.zeros(1, dtype=torch.float64)
+            if main:
+                eval_metrics = evaluator.evaluate(
+                    store=store, model=model, tokenizer=tokenizer,
+                    engine=getattr(source, "vllm_engine", None), step=step,
+                    epoch=metrics["epoch"])
+                sink.write(eval_metrics)
+                callbacks.on_eval(eval_metrics)
+                summary.last_eval = eval_metrics
+                accuracy[0] = eval_metrics["eval_accuracy"]
+            # Every process's scheduler steps on the main process's figure.
+            updater.step_on_eval(float(updater._sum_over_processes(accuracy)[0]))
         if step % config.save_steps == 0:
             path = checkpoints.save_training_checkpoint(
                 accelerator=accelerator, output_dir=output_dir, step=step, model=model,
