@@ -120,4 +120,4 @@ def test_train_help_shows_the_colocation_flags_and_the_03_default(monkeypatch):
     for flag in ("--vllm-enable-sleep-mode", "--vllm-tensor-parallel-size",
                  "--vllm-max-num-seqs", "--gpu-memory-utilization"):
         assert flag in text, flag
-    assert "default 0.3 (TRL's colocate default)" in text
+    assert "TRL's colocate default" in text and "[default: 0.3]" in text

@@ -81,8 +81,8 @@ GpuMemoryUtilization = Annotated[float, typer.Option(
     rich_help_panel=ENGINE)]
 TrainGpuMemoryUtilization = Annotated[float, typer.Option(
     "--gpu-memory-utilization",
-    help="vLLM: share of the GPU's total memory it reserves; default 0.3 (TRL's colocate "
-         "default), as the policy and its optimizer share the GPU.",
+    help="vLLM: share of the GPU's total memory it reserves (TRL's colocate default: the "
+         "policy and its optimizer share the GPU).",
     rich_help_panel=ENGINE)]
 MaxModelLen = Annotated[int | None, typer.Option("--max-model-len",
                                                  help="vLLM: maximum context length.",
@@ -95,11 +95,11 @@ EnablePrefixCaching = Annotated[bool, typer.Option(
 # The negative spelling, hidden so that the engine panel of --help stays two columns wide.
 NoPrefixCaching = Annotated[bool, typer.Option("--no-enable-prefix-caching", hidden=True)]
 VllmTensorParallelSize = Annotated[int, typer.Option(
-    "--vllm-tensor-parallel-size", min=1,
+    "--vllm-tensor-parallel-size",
     help="vLLM: GPUs each engine shards the model over (tensor parallelism).",
     rich_help_panel=ENGINE)]
 VllmMaxNumSeqs = Annotated[int | None, typer.Option(
-    "--vllm-max-num-seqs", min=1,
+    "--vllm-max-num-seqs",
     help="vLLM: most sequences decoded at once (default: vLLM's choice for the GPU).",
     rich_help_panel=ENGINE)]
 VllmEnableSleepMode = Annotated[bool, typer.Option(
