@@ -1,11 +1,19 @@
 """A stand-in for the subset of vLLM's offline API that `treerpo.engines.vllm` uses.
 
 vLLM needs a CUDA GPU and cannot be installed here, so the tests put this module in
-`sys.modules["vllm"]`. It mirrors vLLM v0.11.0 (V1 engine), read from its sources:
+`sys.modules["vllm"]`. It mirrors vLLM v0.33.0 (V1 engine), read from its sources:
 
 - `LLM(model, *, dtype, seed, gpu_memory_utilization, max_model_len, enable_prefix_caching,
-  trust_remote_code, logprobs_mode="raw_logprobs", max_logprobs=20, ...)`; unknown keywords raise
-  TypeError as `EngineArgs` would;
+  trust_remote_code, logprobs_mode="raw_logprobs", max_logprobs=20, tensor_parallel_size,
+  enable_sleep_mode, max_num_seqs, ...)`; unknown keywords raise TypeError as `EngineArgs` would;
+- start-up memory check (`vllm/v1/worker/utils.py`): a ValueError "Free memory on device ... is
+  less than desired GPU memory utilization ..." when `gpu_memory_utilization` x total is more
+  than is free; this fake's GPU has `FAKE_GPU_TOTAL_GIB` with `FAKE_GPU_FREE_GIB` free (module
+  attributes the tests set);
+- `LLM.llm_engine.model_executor` exists only with the engine core in-process
+  (`VLLM_ENABLE_V1_MULTIPROCESSING=0`; vLLM's default is 1), as in `vllm/v1/engine/llm_engine.py`;
+  `apply_model` in the multiprocess mode raises, as pickling a callable does there without
+  `VLLM_ALLOW_INSECURE_SERIALIZATION`;
 - `LLM.generate(prompts, sampling_params, *, use_tqdm=True, lora_request=None, priority=None)`
   with `TokensPrompt` dicts and one `SamplingParams` or one per prompt, returning
   `RequestOutput`s in prompt order;
@@ -15,9 +23,17 @@ vLLM needs a CUDA GPU and cannot be installed here, so the tests put this module
 - the logprob dicts of `LogprobsProcessor._make_logprob_dict`: the sampled token first (with its
   rank = number of tokens with logprob >= its own), then the top-k with ranks 1..k, so a
   sampled token inside the top-k is overwritten by its top-k entry;
-- `check_stop` in `vllm/v1/core/sched/utils.py`: "length" (max_tokens or max_model_len) is
-  checked before EOS; the tokenizer's EOS gives "stop", a generation-config EOS id is a stop
-  token id ("stop", `stop_reason` = the id); the stop token stays in `token_ids`;
+- `check_stop` in `vllm/v1/core/sched/utils.py` (v0.33 order): the tokenizer's EOS gives
+  "stop", then a stop token id (a generation-config EOS id is one) gives "stop" with
+  `stop_reason` = the id, and only then the length (max_tokens or max_model_len) gives "length";
+  the stop token stays in `token_ids`;
+- `reset_prefix_cache(reset_running_requests=False, reset_connector=False)`;
+- `sleep(level=1, mode="abort")` / `wake_up(tags=None)` (`vllm/v1/engine/core.py`) with tags
+  from ("weights", "kv_cache", "scheduling"), needing `enable_sleep_mode=True`: any level pauses
+  the scheduler, level 1+ releases the weights and the KV cache, and the scheduler resumes only
+  once both are awake again; level 2 discards the weights (this fake overwrites them with NaN,
+  so serving them before a weight push shows), level 1 keeps them; generating while asleep is
+  refused (vLLM would not make progress; the caller must not do it);
 - `SamplingParams` defaults and validation (`top_k` 0 or -1 disables, greedy resets
   top_p/top_k/min_p), `logprobs` above `max_logprobs` is a ValueError.
 
@@ -27,6 +43,7 @@ numbers it reports are the model's. Calls are recorded on the instance for the t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -41,11 +58,21 @@ _OTHER_ENGINE_ARGS = {
     "enforce_eager",
     "max_num_seqs",
     "max_num_batched_tokens",
-    "enable_sleep_mode",
     "distributed_executor_backend",
     "quantization",
     "revision",
 }
+_WAKE_TAGS = ("weights", "kv_cache", "scheduling")
+FAKE_GPU_TOTAL_GIB = 80.0
+FAKE_GPU_FREE_GIB = 80.0
+
+
+class _LLMEngine:
+    """`LLM.llm_engine`: has `model_executor` only when the engine core runs in-process."""
+
+    def __init__(self, in_process: bool) -> None:
+        if in_process:
+            self.model_executor = object()
 
 
 class TokensPrompt(TypedDict, total=False):
@@ -143,9 +170,13 @@ class LLM:
     trust_remote_code: bool = False
     logprobs_mode: str = "raw_logprobs"
     max_logprobs: int = 20
+    enable_sleep_mode: bool = False
     extra_engine_args: dict[str, Any] = field(default_factory=dict)
     calls: list[_Call] = field(default_factory=list)
     prefix_cache_resets: int = 0
+    # ("sleep", level), ("wake_up", tags), ("apply_model",), ("reset_prefix_cache",) and
+    # ("generate",), in call order
+    events: list[tuple] = field(default_factory=list)
 
     def __init__(self, model: str, **kwargs: Any) -> None:
         known = {name for name in type(self).__dataclass_fields__} - {
@@ -153,6 +184,7 @@ class LLM:
             "extra_engine_args",
             "calls",
             "prefix_cache_resets",
+            "events",
         }
         unknown = set(kwargs) - known - _OTHER_ENGINE_ARGS
         if unknown:
@@ -165,6 +197,20 @@ class LLM:
         self.extra_engine_args = {k: v for k, v in kwargs.items() if k in _OTHER_ENGINE_ARGS}
         self.calls = []
         self.prefix_cache_resets = 0
+        self.events = []
+        self._asleep: set[str] = set()  # "weights" / "kv_cache": executor memory released
+        self._scheduler_paused = False
+        self._weights_discarded = False  # level-2 sleep, no weights loaded since
+        requested_gib = self.gpu_memory_utilization * FAKE_GPU_TOTAL_GIB
+        if FAKE_GPU_FREE_GIB < requested_gib:
+            raise ValueError(
+                f"Free memory on device cuda:0 ({FAKE_GPU_FREE_GIB:.2f}/{FAKE_GPU_TOTAL_GIB:.2f} "
+                "GiB) on startup is less than desired GPU memory utilization "
+                f"({self.gpu_memory_utilization}, {requested_gib:.2f} GiB). Decrease GPU memory "
+                "utilization or reduce GPU memory used by other processes."
+            )
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "0"
+        self.llm_engine = _LLMEngine(in_process)
         if self.seed is None:
             self.seed = 0  # V1 sets the default seed to 0
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -180,12 +226,58 @@ class LLM:
     def get_tokenizer(self):
         return self._tokenizer
 
-    def reset_prefix_cache(self, device=None) -> bool:
+    def reset_prefix_cache(
+        self, reset_running_requests: bool = False, reset_connector: bool = False
+    ) -> bool:
         self.prefix_cache_resets += 1
+        self.events.append(("reset_prefix_cache",))
         return True
+
+    def sleep(self, level: int = 1, mode: str = "abort") -> None:
+        """EngineCore.sleep: pause the scheduler; level 1+ also releases the executor's memory
+        (level 1 keeps the weights on the CPU, level 2 discards them)."""
+        if not self.enable_sleep_mode:
+            raise ValueError("Sleep mode is not enabled (enable_sleep_mode=False)")
+        if level not in (0, 1, 2):
+            raise ValueError(f"invalid sleep level {level}")
+        self.events.append(("sleep", level))
+        self._scheduler_paused = True
+        if level == 0:
+            return
+        self._asleep |= {"weights", "kv_cache"}
+        if level == 2:
+            self._weights_discarded = True
+            with torch.no_grad():
+                for parameter in self._model.parameters():
+                    parameter.fill_(float("nan"))
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """EngineCore.wake_up: reallocate the tagged memory; the scheduler resumes once all
+        executor memory is resident again ("scheduling" alone resumes a level-0 sleep)."""
+        if not self.enable_sleep_mode:
+            raise ValueError("Sleep mode is not enabled (enable_sleep_mode=False)")
+        unknown = set(tags or ()) - set(_WAKE_TAGS)
+        if unknown:
+            raise ValueError(f"unknown wake-up tags {sorted(unknown)}")
+        self.events.append(("wake_up", None if tags is None else tuple(tags)))
+        memory_tags = {"weights", "kv_cache"} if tags is None else set(tags) - {"scheduling"}
+        self._asleep -= memory_tags
+        if not self._asleep:
+            self._scheduler_paused = False
+        return not self._asleep
+
+    def is_sleeping(self) -> bool:
+        return bool(self._asleep) or self._scheduler_paused
 
     def apply_model(self, func):
         """Run `func` on the model in each worker (one here); the model has `load_weights`."""
+        if not hasattr(self.llm_engine, "model_executor"):
+            raise TypeError("Object of type function is not serializable (set "
+                            "VLLM_ALLOW_INSECURE_SERIALIZATION=1 to allow pickle)")
+        if "weights" in self._asleep:
+            raise RuntimeError("the model's weights are asleep: wake_up(tags=['weights'])")
+        self.events.append(("apply_model",))
+        self._weights_discarded = False  # treerpo's `func` loads every weight
         model = self._model
         if not hasattr(model, "load_weights"):
 
@@ -212,6 +304,10 @@ class LLM:
             sampling_params = [sampling_params] * len(prompts)
         if len(sampling_params) != len(prompts):
             raise ValueError("The lengths of prompts and sampling_params must be the same.")
+        if self.is_sleeping():
+            raise RuntimeError(f"generate() while asleep ({sorted(self._asleep)} released)")
+        if self._weights_discarded:
+            raise RuntimeError("generate() with the weights a level-2 sleep discarded")
         for params in sampling_params:
             if params.logprobs is not None and params.logprobs > self.max_logprobs:
                 raise ValueError(
@@ -219,6 +315,7 @@ class LLM:
                     f"allowed: {self.max_logprobs}"
                 )
         self.calls.append(_Call(list(prompts), list(sampling_params)))
+        self.events.append(("generate",))
         return [
             self._generate_one(str(index), prompt, params)
             for index, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True))
@@ -252,14 +349,14 @@ class LLM:
                     )
                 )
             num_tokens = len(prompt_token_ids) + len(output_token_ids)
-            if len(output_token_ids) >= params.max_tokens or (
-                self.max_model_len is not None and num_tokens >= self.max_model_len
-            ):
-                finish_reason = "length"
-            elif not params.ignore_eos and token_id == self._eos_token_id:
+            if not params.ignore_eos and token_id == self._eos_token_id:
                 finish_reason = "stop"
             elif token_id in stop_ids:
                 finish_reason, stop_reason = "stop", token_id
+            elif len(output_token_ids) >= params.max_tokens or (
+                self.max_model_len is not None and num_tokens >= self.max_model_len
+            ):
+                finish_reason = "length"
         completion = CompletionOutput(
             index=0,
             text=self._tokenizer.decode(output_token_ids) if params.detokenize else "",

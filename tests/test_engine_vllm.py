@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -95,7 +96,7 @@ def test_sampling_settings_map_to_sampling_params(fake_vllm, tiny_model_dir, con
     assert [p["prompt_token_ids"] for p in prompts] == [contexts[0], contexts[1]]
     assert [p.max_tokens for p in params] == [4, 6]
     for p in params:
-        assert (p.temperature, p.top_p, p.top_k, p.min_p) == (0.6, 1.0, -1, 0.0)
+        assert (p.temperature, p.top_p, p.top_k, p.min_p) == (0.6, 1.0, 0, 0.0)
         assert p.repetition_penalty == 1.1 and p.logprobs == 3 and p.detokenize is False
     assert params[0].seed != params[1].seed
 
@@ -260,6 +261,71 @@ def test_load_weights_updates_the_served_model_and_resets_the_prefix_cache(
     assert not np.array_equal(before.token_ids, after.token_ids)
 
 
+def test_colocation_settings_reach_vllm(fake_vllm, tiny_model_dir):
+    engine = vllm_engine(tiny_model_dir, vllm_tensor_parallel_size=2, vllm_max_num_seqs=32,
+                         vllm_enable_sleep_mode=True)
+    assert engine.llm.extra_engine_args == {"tensor_parallel_size": 2, "max_num_seqs": 32}
+    assert engine.llm.enable_sleep_mode is True
+    default = vllm_engine(tiny_model_dir)  # unset max_num_seqs is left to vLLM
+    assert default.llm.extra_engine_args == {"tensor_parallel_size": 1}
+
+
+def test_sleep_then_load_weights_wakes_weights_before_kv_cache(fake_vllm, tiny_model_dir,
+                                                               contexts):
+    engine = vllm_engine(tiny_model_dir, vllm_enable_sleep_mode=True)
+    greedy = SamplingSettings(temperature=0.0, top_p=None, top_k=None, repetition_penalty=None)
+    request = [GenerationRequest(contexts[0], 4)]
+    (before,) = engine.generate(request, sampling=greedy, topk=1)
+    engine.sleep()
+    engine.sleep()  # already asleep: nothing more
+    with pytest.raises(RunFailure, match="asleep"):
+        engine.generate(request, sampling=greedy, topk=1)
+    policy = load_policy(str(tiny_model_dir), device="cpu")
+    engine.load_weights(policy.named_parameters())
+    assert engine.llm.events[-5:] == [("sleep", 2), ("wake_up", ("weights",)), ("apply_model",),
+                                      ("wake_up", ("kv_cache",)), ("reset_prefix_cache",)]
+    (after,) = engine.generate(request, sampling=greedy, topk=1)
+    np.testing.assert_array_equal(before.token_ids, after.token_ids)  # same weights, reloaded
+    np.testing.assert_allclose(before.logprobs, after.logprobs, atol=TOLERANCE)
+
+
+def test_sleep_without_sleep_mode_keeps_the_engine_awake(fake_vllm, tiny_model_dir):
+    engine = vllm_engine(tiny_model_dir)
+    engine.sleep()
+    assert not engine.sleeping and engine.llm.events == []
+
+
+def test_multiprocessing_engine_is_refused(fake_vllm, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    with pytest.raises(BadInputError, match="VLLM_ENABLE_V1_MULTIPROCESSING=1.*unset it"):
+        vllm_engine(tiny_model_dir)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")
+    # An engine that came up in another process anyway (the guard after construction).
+    monkeypatch.setattr(fake_vllm, "_LLMEngine", lambda in_process: types.SimpleNamespace())
+    with pytest.raises(RunFailure, match="another process"):
+        vllm_engine(tiny_model_dir)
+
+
+def test_too_little_free_gpu_memory_names_the_flag(fake_vllm, tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(fake_vllm, "FAKE_GPU_FREE_GIB", 20.0)  # of 80: a policy holds the rest
+    with pytest.raises(BadInputError) as caught:
+        vllm_engine(tiny_model_dir, gpu_memory_utilization=0.9)
+    message = str(caught.value)
+    assert "--gpu-memory-utilization 0.9" in message and "20.00/80.00 GiB" in message
+    assert "--vllm-enable-sleep-mode" in message and "\n" not in message
+    assert vllm_engine(tiny_model_dir, gpu_memory_utilization=0.2).llm is not None
+
+
+def test_fake_follows_vllm_033_stop_order(fake_vllm, tiny_model_dir, contexts, monkeypatch):
+    # v0.33 checks EOS before the length: an EOS drawn as the last allowed token is "stop".
+    llm = fake_vllm.LLM(str(tiny_model_dir), seed=0)
+    eos = llm.get_tokenizer().eos_token_id
+    monkeypatch.setattr(llm, "_sample", lambda *args: eos)
+    params = fake_vllm.SamplingParams(temperature=0.0, max_tokens=1, logprobs=1)
+    (output,) = llm.generate([fake_vllm.TokensPrompt(prompt_token_ids=contexts[0])], params)
+    assert output.outputs[0].token_ids == [eos] and output.outputs[0].finish_reason == "stop"
+
+
 def test_engine_vllm_without_vllm_is_a_one_line_bad_input(monkeypatch, tiny_model_dir):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` now raises ImportError
     with pytest.raises(BadInputError) as caught:
@@ -270,7 +336,7 @@ def test_engine_vllm_without_vllm_is_a_one_line_bad_input(monkeypatch, tiny_mode
         VLLMEngine(str(tiny_model_dir), seed=0)
 
 
-# ---- the stand-in's faithfulness to vLLM v0.11.0 ----
+# ---- the stand-in's faithfulness to vLLM v0.33.0 ----
 
 
 def test_fake_logprob_dicts_put_the_sampled_token_first_and_rank_it(fake_vllm, tiny_model_dir):

@@ -31,26 +31,59 @@ def fake_vllm(monkeypatch):
     return engines
 
 
-def test_chained_vllm_gets_the_new_weights_after_every_step(tiny_model_dir, gsm8k_dir, db_url,
-                                                            tmp_path, fake_vllm):
+def _train_with_fake_vllm(tiny_model_dir, gsm8k_dir, db_url, output_dir, *extra):
+    return run_cli("train", "--model", str(tiny_model_dir), "--dataset",
+                   str(gsm8k_dir / "test.jsonl"), "--limit", "4", "--engine", "vllm",
+                   "--per-device-train-batch-size", "1", "--max-steps", "3", "--save-steps", "1",
+                   "--learning-rate", "1e-2", "--output-dir", str(output_dir), "--db", db_url,
+                   "--run-name", "online", "--json", *SMALL_TREE, *extra)
+
+
+def _assert_serves(engine, checkpoint_dir) -> None:
+    weights = load_file(checkpoint_dir / "model.safetensors")
+    served = dict(engine._model.named_parameters())
+    for name, tensor in weights.items():
+        if name in served:
+            assert torch.equal(served[name].detach(), tensor.to(served[name].dtype)), name
+
+
+def test_chained_vllm_gets_the_new_weights_before_each_growth(tiny_model_dir, gsm8k_dir, db_url,
+                                                              tmp_path, fake_vllm):
     output_dir = tmp_path / "out"
-    result = run_cli("train", "--model", str(tiny_model_dir), "--dataset",
-                     str(gsm8k_dir / "test.jsonl"), "--limit", "4", "--engine", "vllm",
-                     "--per-device-train-batch-size", "1", "--max-steps", "2",
-                     "--learning-rate", "1e-2", "--output-dir", str(output_dir), "--db", db_url,
-                     "--run-name", "online", "--json", *SMALL_TREE)
+    result = _train_with_fake_vllm(tiny_model_dir, gsm8k_dir, db_url, output_dir)
     assert result.exit_code == 0, result.stderr
     (engine,) = fake_vllm
-    assert engine.prefix_cache_resets == 2  # one in-place weight load per optimizer step
-    assert len(engine.calls) >= 2  # both steps grew their trees with the engine
-    final = load_file(output_dir / "model.safetensors")
-    served = dict(engine._model.named_parameters())
-    for name, tensor in final.items():
-        if name in served:
-            assert torch.equal(served[name].detach(), tensor), name
+    # One in-place push before the growth of steps 2 and 3; none after the last update.
+    assert engine.prefix_cache_resets == 2
+    assert engine.gpu_memory_utilization == 0.3  # train's colocated default
+    growths = [index for index, event in enumerate(engine.events) if event == ("generate",)]
+    pushes = [index for index, event in enumerate(engine.events) if event == ("apply_model",)]
+    assert len(pushes) == 2 and pushes[0] > growths[0] and pushes[-1] < growths[-1]
+    _assert_serves(engine, output_dir / "checkpoint-2")  # step 3 grew with step 2's weights
     trees = run_cli("trees", "--db", db_url, "--json").json()
-    assert len(trees) == 2 and all(tree["scored"] for tree in trees)
-    assert result.json()["trees_trained"] == 2
+    assert len(trees) == 3 and all(tree["scored"] for tree in trees)
+    assert result.json()["trees_trained"] == 3
+
+
+def test_chained_vllm_sleep_mode_sleeps_through_each_update(tiny_model_dir, gsm8k_dir, db_url,
+                                                            tmp_path, fake_vllm):
+    output_dir = tmp_path / "out"
+    result = _train_with_fake_vllm(tiny_model_dir, gsm8k_dir, db_url, output_dir,
+                                   "--vllm-enable-sleep-mode", "--vllm-tensor-parallel-size", "1",
+                                   "--vllm-max-num-seqs", "8")
+    assert result.exit_code == 0, result.stderr
+    (engine,) = fake_vllm
+    assert engine.enable_sleep_mode
+    assert engine.extra_engine_args == {"tensor_parallel_size": 1, "max_num_seqs": 8}
+    phases = []  # the events with each batch's run of generate calls collapsed into one
+    for event in engine.events:
+        if not (event == ("generate",) and phases and phases[-1] == event):
+            phases.append(event)
+    wake_and_push = [("wake_up", ("weights",)), ("apply_model",), ("wake_up", ("kv_cache",)),
+                     ("reset_prefix_cache",)]
+    assert phases == [("generate",), ("sleep", 2),
+                      *wake_and_push, ("generate",), ("sleep", 2),
+                      *wake_and_push, ("generate",), ("sleep", 2)]
 
 
 def test_full_determinism_gives_bit_identical_chained_updates_on_two_threads(
@@ -77,3 +110,14 @@ def test_full_determinism_gives_bit_identical_chained_updates_on_two_threads(
     first, second = weights
     assert first.keys() == second.keys()
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_train_help_shows_the_colocation_flags_and_the_03_default(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    result = run_cli("train", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    for flag in ("--vllm-enable-sleep-mode", "--vllm-tensor-parallel-size",
+                 "--vllm-max-num-seqs", "--gpu-memory-utilization"):
+        assert flag in text, flag
+    assert "TRL's colocate default" in text and "[default: 0.3]" in text

@@ -7,6 +7,7 @@ trees whose behaviour logprobs are the tiny model's own (ratio 1), with mixed le
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -108,7 +109,17 @@ def test_one_update_changes_every_trainable_parameter(tiny_model):
     assert unchanged == []
     assert metrics["num_trees"] == 2 and metrics["grad_norm"] > 0
     assert metrics["clip_fraction"] == 0.0  # behaviour = the model's own logprobs: ratio 1
+    assert metrics["ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["peak_memory_mb"] is None  # CPU
     assert metrics["mean_reward"] == pytest.approx(0.4)
+
+
+def test_ratio_mean_reports_how_far_behaviour_logprobs_are(tiny_model):
+    trees = _trees(tiny_model, [[1, 0, 0, 1, 0]])
+    for node in trees[0].nodes:  # behaviour logprobs 0.1 nats above the policy's: ratio e^-0.1
+        node.logprobs = (node.logprobs + 0.1).astype(np.float32)
+    metrics = _updater(tiny_model, learning_rate=1e-3).update(trees)
+    assert metrics["ratio_mean"] == pytest.approx(math.exp(-0.1), rel=1e-4)
 
 
 def test_a_tree_whose_leaves_all_agree_contributes_zero_loss(tiny_model):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -65,10 +66,15 @@ class EngineConfig(_Strict):
     logprob_temperature: LogprobTemperatureMode = "raw"
     # HF engine: requests decoded together in one batch.
     generation_batch_size: int = Field(default=64, ge=1)
-    # vLLM engine only.
+    # vLLM engine only. gpu_memory_utilization is a share of the GPU's total memory; `train`
+    # defaults it to 0.3 (TRL's colocate default), as the policy and AdamW share the GPU there.
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_model_len: int | None = Field(default=None, ge=16)
     enable_prefix_caching: bool = True
+    vllm_tensor_parallel_size: int = Field(default=1, ge=1)
+    vllm_max_num_seqs: int | None = Field(default=None, ge=1)
+    # Chained training: free vLLM's weights and KV cache while the policy updates.
+    vllm_enable_sleep_mode: bool = False
 
 
 def _check_growth_logprobs(*, tree: TreeSettings, engine: EngineConfig) -> None:
@@ -144,9 +150,54 @@ LossAggregation = Literal["group", "token", "leaf"]
 AdvantageMode = Literal["local", "global-local"]
 ReportTo = Literal["none", "tensorboard", "wandb"]
 SaveDtypeName = Literal["auto", "float32", "bfloat16", "float16"]
-# transformers `get_scheduler` names that need nothing beyond warmup and total steps.
+# Every name of transformers' `SchedulerType` (a test pins the list against the installed
+# transformers). Those stepped on a metric are stepped, as HF's Trainer does, after each
+# evaluation during training (`--eval-dataset`) with `eval_accuracy` (mode "max" by default),
+# not after every optimizer step.
 SCHEDULER_TYPES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-                   "constant_with_warmup", "inverse_sqrt")
+                   "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau",
+                   "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay",
+                   "greedy")
+METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+# Schedulers that need one of these `--lr-scheduler-kwargs` keys (transformers raises otherwise).
+SCHEDULER_REQUIRED_KWARGS = {
+    "cosine_with_min_lr": ("min_lr", "min_lr_rate"),
+    "cosine_warmup_with_min_lr": ("min_lr", "min_lr_rate"),
+    "warmup_stable_decay": ("num_decay_steps",),
+}
+# TRL's `loss_type` → the closest `loss_aggregation` (README: "How the flags map onto TRL").
+# dapo and bnpo normalise by the tokens of the (global / local) batch: `token` is the step-wide
+# token mean. grpo averages per-sequence token means: a tree's sequences share segments, and the
+# closest unit is the sibling group (`group`). dr_grpo divides by a constant
+# (batch x max_completion_length), which nothing here does: refused.
+TRL_LOSS_TYPES = {"dapo": "token", "bnpo": "token", "grpo": "group"}
+
+
+def loss_aggregation_for_trl(loss_type: str) -> str:
+    """`--loss-type` (TRL's names) → `--loss-aggregation`; ValueError for one with no match."""
+    if loss_type in TRL_LOSS_TYPES:
+        return TRL_LOSS_TYPES[loss_type]
+    raise ValueError(f"--loss-type {loss_type}: treerpo has no equivalent; use one of "
+                     f"{', '.join(TRL_LOSS_TYPES)} or --loss-aggregation group|token|leaf")
+
+
+FSDP_OPTIONS = ("full_shard", "shard_grad_op", "auto_wrap")
+
+
+def parse_fsdp(option: str) -> tuple[str, ...]:
+    """HF TrainingArguments' `--fsdp` string ("full_shard auto_wrap") → its known words; one of
+    full_shard / shard_grad_op must be there; auto_wrap is implied (decoder layers are wrapped)."""
+    words = tuple(option.replace(",", " ").split())
+    unknown = [word for word in words if word not in FSDP_OPTIONS]
+    if unknown:
+        raise ValueError(f"unknown --fsdp option(s) {', '.join(unknown)}: use full_shard or "
+                         "shard_grad_op (auto_wrap is implied; offload and hybrid sharding are not "
+                         "supported)")
+    if words and not ({"full_shard", "shard_grad_op"} & set(words)):
+        raise ValueError("--fsdp needs full_shard or shard_grad_op")
+    if {"full_shard", "shard_grad_op"} <= set(words):
+        raise ValueError("--fsdp: choose one of full_shard and shard_grad_op")
+    return words
 
 
 class OptimizationConfig(_Strict):
@@ -159,7 +210,9 @@ class OptimizationConfig(_Strict):
     max_steps: int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
     learning_rate: float = Field(default=1e-6, ge=0.0)
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
     warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(default=0, ge=0, description="> 0 overrides warmup_ratio (TRL)")
     weight_decay: float = Field(default=0.0, ge=0.0)
     max_grad_norm: float = Field(default=1.0, ge=0.0, description="0 disables clipping")
     beta: float = Field(default=0.0, ge=0.0, description="k3 KL weight; 0 loads no reference")
@@ -179,6 +232,34 @@ class OptimizationConfig(_Strict):
         if name not in SCHEDULER_TYPES:
             raise ValueError(f"unknown scheduler; use one of {', '.join(SCHEDULER_TYPES)}")
         return name
+
+    @property
+    def steps_on_metric(self) -> bool:
+        """Whether the scheduler steps on eval_accuracy after each evaluation (not per step)."""
+        return self.lr_scheduler_type in METRIC_SCHEDULERS
+
+    @model_validator(mode="after")
+    def _scheduler_kwargs_complete(self) -> OptimizationConfig:
+        needed = SCHEDULER_REQUIRED_KWARGS.get(self.lr_scheduler_type, ())
+        if needed and not any(key in self.lr_scheduler_kwargs for key in needed):
+            raise ValueError(f"--lr-scheduler-type {self.lr_scheduler_type} needs "
+                             f"{' or '.join(needed)} in --lr-scheduler-kwargs, e.g. "
+                             f"'{{\"{needed[0]}\": ...}}'")
+        return self
+
+    def num_warmup_steps(self, total_steps: int) -> int:
+        """`warmup_steps` when > 0 (TRL: it overrides the ratio), else ratio x total steps."""
+        if self.warmup_steps > 0:
+            return self.warmup_steps
+        return math.ceil(self.warmup_ratio * total_steps)
+
+
+class TrainEvalConfig(_Strict):
+    """Greedy evaluation during training (`--eval-dataset`): every `steps` optimizer steps and
+    after the last, on the first `limit` problems of `data`, stored as an eval run each."""
+
+    data: DataConfig
+    steps: int = Field(ge=1)
 
 
 class TrainConfig(_Strict):
@@ -205,6 +286,21 @@ class TrainConfig(_Strict):
     allow_off_policy: bool = False
     # dtype of the saved checkpoints and final model; auto = the base model's (its config.json).
     save_dtype: SaveDtypeName = "auto"
+    # HF TrainingArguments' --fsdp: "full_shard" or "shard_grad_op" ("auto_wrap" implied); ""
+    # = DDP when several processes run (treerpo.training.distributed).
+    fsdp: str = ""
+
+    @field_validator("fsdp")
+    @classmethod
+    def _known_fsdp_options(cls, fsdp: str) -> str:
+        return " ".join(parse_fsdp(fsdp))
+    # Leaf rewards: MODULE:FUNCTION plug-ins (empty: the verified-answer check), summed with
+    # `reward_weights` (default 1 each), as TRL's reward_funcs / reward_weights.
+    reward_fns: list[str] = Field(default_factory=list)
+    reward_weights: list[float] | None = None
+    eval: TrainEvalConfig | None = None
+    # Warn when this many consecutive steps all trained on zero advantage (no signal).
+    no_signal_warning_steps: int = Field(default=5, ge=1)
 
     @field_validator("output_dir")
     @classmethod
@@ -220,6 +316,21 @@ class TrainConfig(_Strict):
         if not os.access(existing, os.W_OK | os.X_OK):
             raise ValueError(f"{existing} is not writable")
         return output_dir
+
+    @model_validator(mode="after")
+    def _metric_scheduler_has_a_metric(self) -> TrainConfig:
+        if self.optimization.steps_on_metric and self.eval is None:
+            raise ValueError(f"--lr-scheduler-type {self.optimization.lr_scheduler_type} steps on "
+                             "an eval metric: give --eval-dataset (it steps on eval_accuracy "
+                             "after each evaluation)")
+        return self
+
+    @model_validator(mode="after")
+    def _reward_weights_match(self) -> TrainConfig:
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_fns):
+            raise ValueError(f"--reward-weights gives {len(self.reward_weights)} weight(s) for "
+                             f"{len(self.reward_fns)} --reward-fn: give one per function")
+        return self
 
     @model_validator(mode="after")
     def _growth_settings_agree(self) -> TrainConfig:
@@ -238,7 +349,14 @@ class TrainConfig(_Strict):
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={
             "run_name", "resume_from_checkpoint", "logging_steps", "save_steps",
-            "save_total_limit", "report_to", "allow_off_policy", "save_dtype"})
+            "save_total_limit", "report_to", "eval", "no_signal_warning_steps",
+            "allow_off_policy", "save_dtype", "fsdp"})  # fsdp: the same updates, sharded
+        # Settings added later count only when set, so an older command keeps its run's name.
+        for part, key, default in ((shaping, "reward_fns", []), (shaping, "reward_weights", None),
+                                   (shaping["optimization"], "lr_scheduler_kwargs", {}),
+                                   (shaping["optimization"], "warmup_steps", 0)):
+            if part[key] == default:
+                del part[key]
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
         stem = slug(Path(self.output_dir).name)

@@ -24,7 +24,7 @@ from typing import Any
 from treerpo.bench.tasks import TaskSettings
 from treerpo.config import DataConfig, EngineConfig, OptimizationConfig, TrainConfig
 from treerpo.engines import create_engine_from_config
-from treerpo.eval.gsm8k import EvalConfig, run_gsm8k_eval
+from treerpo.eval.runner import EvalConfig, run_eval
 from treerpo.growth.settings import TreeSettings
 from treerpo.store import repository
 from treerpo.store.database import Store
@@ -71,14 +71,15 @@ def greedy_eval(
     """Greedy accuracy of `model` on the first `settings.eval_problems` test problems of the
     task's dataset, every completion stored under the eval run `run_name`."""
     config = EvalConfig(
-        run_name=run_name, mode="greedy", max_new_tokens=settings.max_new_tokens,
+        run_name=run_name, benchmark=settings.dataset, mode="greedy",
+        max_new_tokens=settings.max_new_tokens,
         batch_size=settings.eval_problems,
         data=DataConfig(dataset=settings.dataset, split="test", limit=settings.eval_problems),
         engine=EngineConfig(model=model, engine="hf", torch_dtype="float32", seed=settings.seed,
                             generation_batch_size=settings.eval_problems),
     )
     engine, tokenizer = create_engine_from_config(config.engine)
-    summary = run_gsm8k_eval(store=store, engine=engine, tokenizer=tokenizer, config=config)
+    summary = run_eval(store=store, engine=engine, tokenizer=tokenizer, config=config)
     greedy = summary.greedy
     assert greedy is not None
     run = repository.find_run(store, config.resolved_run_name())

@@ -31,6 +31,7 @@ from treerpo.cli import (
     train_command,
     web_commands,
 )
+from treerpo.cli.spellings import normalise_args
 from treerpo.errors import TreerpoError
 
 app = typer.Typer(
@@ -95,6 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # ran ~1.6x slower without this).
     gc.freeze()
     command = typer.main.get_command(app)
+    args = normalise_args(command, args)  # TRL's spellings: `--bf16 true`, `--model_name_or_path`
     try:
         result = command.main(args=args, prog_name="treerpo", standalone_mode=False)
     except NoArgsIsHelpError:  # Typer has already printed the help

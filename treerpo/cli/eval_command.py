@@ -1,4 +1,5 @@
-"""`treerpo eval gsm8k` (alias `eval-gsm8k`): greedy and maj@k GSM8K accuracy; `eval show RUN`."""
+"""`treerpo eval gsm8k` (alias `eval-gsm8k`) and `treerpo eval dataset`: greedy and maj@k accuracy
+through one library call (`treerpo.eval.runner.run_eval`); `eval show RUN`."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ from treerpo.store import repository
 from treerpo.views import safe_text, snippet
 
 if TYPE_CHECKING:
-    from treerpo.eval.gsm8k import EvalProgress, EvalSummary
+    from treerpo.eval.runner import EvalConfig, EvalProgress, EvalSummary
 
 eval_app = typer.Typer(
-    help="Evaluate models: GSM8K greedy and maj@k accuracy, stored per sample.",
+    help="Evaluate models: greedy and maj@k accuracy on GSM8K or any dataset, stored per sample.",
     no_args_is_help=True,
 )
 
@@ -41,12 +42,24 @@ Example:
 """
 
 
+Mode = Annotated[str, typer.Option(
+    "--mode", help="greedy (temperature 0), maj8 (majority of --k samples at temperature 0.7, "
+    "top-p 0.8) or both.")]
+K = Annotated[int, typer.Option("--k", help="Samples per problem for the majority vote.")]
+EvalRun = Annotated[str | None, typer.Option(
+    "--run", help="Run name (default: derived from the model and the settings that shape "
+    "results; the same command resumes the same run, a named run re-run with other settings "
+    "is redone).")]
+EvalBatchSize = Annotated[int, typer.Option(
+    "--batch-size", help="Problems evaluated together: one engine call per mode, one write.")]
+EvalMaxNewTokens = Annotated[int, typer.Option(
+    "--max-new-tokens", help="Completion tokens per sample.")]
+
+
 def gsm8k(
     model: opt.Model,
-    mode: Annotated[str, typer.Option(
-        "--mode", help="greedy (temperature 0), maj8 (majority of --k samples at temperature 0.7, "
-        "top-p 0.8) or both.")] = "both",
-    k: Annotated[int, typer.Option("--k", help="Samples per problem for the majority vote.")] = 8,
+    mode: Mode = "both",
+    k: K = 8,
     limit: opt.Limit = None,
     offset: opt.Offset = 0,
     data_file: Annotated[str | None, typer.Option(
@@ -60,17 +73,14 @@ def gsm8k(
     ] = "answer",
     system_prompt: opt.SystemPrompt = None,
     prompt_template: opt.PromptTemplate = None,
-    run: Annotated[str | None, typer.Option(
-        "--run", help="Run name (default: derived from the model and the settings that shape "
-        "results; the same command resumes the same run, a named run re-run with other settings "
-        "is redone).")] = None,
-    batch_size: Annotated[int, typer.Option(
-        "--batch-size", help="Problems evaluated together: one engine call per mode, one "
-        "write.")] = 64,
-    max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", help="Completion tokens per sample.")] = 1024,
+    run: EvalRun = None,
+    batch_size: EvalBatchSize = 64,
+    max_new_tokens: EvalMaxNewTokens = 1024,
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
+    bf16: opt.Bf16 = False,
+    fp16: opt.Fp16 = False,
+    use_vllm: opt.UseVllm = False,
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 0,
     generation_batch_size: opt.GenerationBatchSize = 64,
@@ -99,35 +109,112 @@ def gsm8k(
 
         python -m treerpo.cli eval-gsm8k --model_id omrisap/TreeRPO-Qwen2.5-Math-1.5B
     """
-    from treerpo.eval.gsm8k import GSM8K_HUB_ID, EvalConfig, load_eval_problems
+    from treerpo.eval.runner import GSM8K_HUB_ID
 
     # An absolute path: the same file named two ways is the same run and the same problems.
     dataset = str(Path(data_file).expanduser().resolve()) if data_file else GSM8K_HUB_ID
     data = opt.data_config(dataset=dataset, split=split, limit=limit, offset=offset,
                            problem_field=problem_field, answer_field=answer_field)
-    config = validated(
-        EvalConfig,
-        run_name=run,
-        mode=mode,
-        k=k,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        data=data,
-        engine=opt.engine_config(model=model, engine=engine, torch_dtype=torch_dtype,
-                                 trust_remote_code=trust_remote_code, seed=seed,
-                                 generation_batch_size=generation_batch_size,
-                                 gpu_memory_utilization=gpu_memory_utilization,
-                                 max_model_len=max_model_len),
-        prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template),
-    )
-    from treerpo.engines import create_engine_from_config
-    from treerpo.eval.gsm8k import run_gsm8k_eval
+    config = _eval_config(
+        benchmark="gsm8k", run_name=run, mode=mode, k=k, max_new_tokens=max_new_tokens,
+        batch_size=batch_size, data=data,
+        engine=opt.engine_config(
+            model=model, engine=opt.trl_engine(engine, use_vllm=use_vllm),
+            torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
+            trust_remote_code=trust_remote_code, seed=seed,
+            generation_batch_size=generation_batch_size,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
+        prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template))
+    _evaluate(config, label="eval gsm8k", title="GSM8K", db=db, json_output=json_output)
 
-    # Bad data is reported before the model loads (and before the store is touched).
+
+def dataset(
+    model: opt.Model,
+    dataset: opt.Dataset,
+    mode: Mode = "both",
+    k: K = 8,
+    split: opt.Split = "test",
+    dataset_config: opt.DatasetConfigName = None,
+    limit: opt.Limit = None,
+    offset: opt.Offset = 0,
+    problem_field: opt.ProblemField = None,
+    answer_field: opt.AnswerField = None,
+    system_prompt: opt.SystemPrompt = None,
+    prompt_template: opt.PromptTemplate = None,
+    run: EvalRun = None,
+    batch_size: EvalBatchSize = 64,
+    max_new_tokens: EvalMaxNewTokens = 1024,
+    engine: opt.EngineOpt = "auto",
+    torch_dtype: opt.TorchDtype = "auto",
+    bf16: opt.Bf16 = False,
+    fp16: opt.Fp16 = False,
+    use_vllm: opt.UseVllm = False,
+    trust_remote_code: opt.TrustRemoteCode = False,
+    seed: opt.Seed = 0,
+    generation_batch_size: opt.GenerationBatchSize = 64,
+    gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
+    max_model_len: opt.MaxModelLen = None,
+    db: DbOption = DEFAULT_DB,
+    json_output: JsonOption = False,
+) -> None:
+    """Evaluate a model on any dataset `generate` accepts: greedy and/or maj@k accuracy.
+
+    The same modes, voting, settings and storage as `eval gsm8k` (see its help), on a hub
+    dataset, a local .jsonl/.json/.parquet/.csv file (or a folder of split files) or a built-in
+    task (`arith`, `arith-long`). Problems and references are read as `generate` reads them
+    (`--problem-field`/`--answer-field` override). Records go to the store; re-running the same
+    command resumes.
+
+    `--json` prints one line: {"greedy_accuracy", "maj_accuracy", "k", "n", "run"}.
+
+    Examples:
+
+        treerpo eval dataset --model ./checkpoints/treerpo --dataset arith --mode greedy --limit 200
+
+        treerpo eval dataset --model ./sft --dataset HuggingFaceH4/MATH-500 --mode both --k 8
+    """
+    data = opt.data_config(dataset=_dataset_name(dataset), split=split,
+                           dataset_config=dataset_config, limit=limit, offset=offset,
+                           problem_field=problem_field, answer_field=answer_field)
+    config = _eval_config(
+        benchmark=Path(dataset).stem, run_name=run, mode=mode, k=k,
+        max_new_tokens=max_new_tokens, batch_size=batch_size, data=data,
+        engine=opt.engine_config(
+            model=model, engine=opt.trl_engine(engine, use_vllm=use_vllm),
+            torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
+            trust_remote_code=trust_remote_code, seed=seed,
+            generation_batch_size=generation_batch_size,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
+        prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template))
+    _evaluate(config, label="eval", title=f"{config.benchmark} ({config.data.split})", db=db,
+              json_output=json_output)
+
+
+def _dataset_name(dataset: str) -> str:
+    """A local file or folder as its absolute path (one problem set, however it is named);
+    hub ids and built-in names as given."""
+    from treerpo.problems.sources import BUILTIN_DATASETS
+
+    path = Path(dataset).expanduser()
+    return str(path.resolve()) if dataset not in BUILTIN_DATASETS and path.exists() else dataset
+
+
+def _eval_config(**values) -> EvalConfig:
+    from treerpo.eval.runner import EvalConfig
+
+    return validated(EvalConfig, **values)
+
+
+def _evaluate(config: EvalConfig, *, label: str, title: str, db: str, json_output: bool) -> None:
+    """Load the problems (bad data fails before the model loads and before the store is
+    touched), the engine, then run the eval with a progress bar and print the summary."""
+    from treerpo.engines import create_engine_from_config
+    from treerpo.eval.runner import load_eval_problems, run_eval
+
     problem_set = load_eval_problems(config)
     policy, tokenizer = create_engine_from_config(config.engine)
     console = stdout_console()
-    progress = progress_bar(label="eval gsm8k", unit="records", console=console,
+    progress = progress_bar(label=label, unit="records", console=console,
                             disable=json_output, field="accuracy")
     task = progress.add_task("records", total=None, accuracy="")
 
@@ -138,12 +225,12 @@ def gsm8k(
                         accuracy=accuracy)
 
     with store_at(db) as store, progress:
-        summary = run_gsm8k_eval(store=store, engine=policy, tokenizer=tokenizer, config=config,
-                                 problem_set=problem_set, on_progress=on_progress)
+        summary = run_eval(store=store, engine=policy, tokenizer=tokenizer, config=config,
+                           problem_set=problem_set, on_progress=on_progress)
     if json_output:
         print_json(summary_json(summary))
     else:
-        console.print(summary_table(summary))
+        console.print(summary_table(summary, title=title))
 
 
 def summary_json(summary: EvalSummary) -> dict:
@@ -157,8 +244,8 @@ def summary_json(summary: EvalSummary) -> dict:
     }
 
 
-def summary_table(summary: EvalSummary) -> Table:
-    table = Table(title=f"GSM8K · run {summary.run_name}")
+def summary_table(summary: EvalSummary, *, title: str) -> Table:
+    table = Table(title=f"{title} · run {summary.run_name}")
     for name in ("mode", "accuracy", "n", "boxed", "mean tokens", "seconds"):
         table.add_column(name, justify="left" if name == "mode" else "right")
     for mode in summary.modes:
@@ -176,7 +263,8 @@ def summary_table(summary: EvalSummary) -> Table:
 
 
 def show(
-    run: Annotated[str, typer.Argument(help="Name of an eval run (printed by `eval gsm8k`).")],
+    run: Annotated[str, typer.Argument(
+        help="Name of an eval run (printed by `eval gsm8k`, `eval dataset`).")],
     failures: Annotated[bool, typer.Option(
         "--failures", help="Only the problems the model got wrong.")] = False,
     db: DbOption = DEFAULT_DB,
@@ -230,6 +318,7 @@ def records_table(run: str, records: list[repository.StoredEvalResult], *,
 
 def register(app: typer.Typer) -> None:
     eval_app.command("gsm8k")(gsm8k)
+    eval_app.command("dataset")(dataset)
     eval_app.command("show")(show)
     app.add_typer(eval_app, name="eval")
     # The original TreeRPO spelling: `python -m treerpo.cli eval-gsm8k --model_id M`.

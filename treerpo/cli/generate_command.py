@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -19,7 +19,9 @@ from treerpo.cli.common import (
     validated,
 )
 from treerpo.config import GenerateConfig
-from treerpo.growth.runner import GenerateSummary
+
+if TYPE_CHECKING:  # the library loads when the command runs
+    from treerpo.growth.runner import GenerateSummary
 
 
 def generate(
@@ -40,12 +42,18 @@ def generate(
         "--batch-size", help="Problems grown together (their requests share every wave).")] = 16,
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
+    bf16: opt.Bf16 = False,
+    fp16: opt.Fp16 = False,
+    use_vllm: opt.UseVllm = False,
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 0,
     generation_batch_size: opt.GenerationBatchSize = 64,
     gpu_memory_utilization: opt.GpuMemoryUtilization = 0.9,
     max_model_len: opt.MaxModelLen = None,
     enable_prefix_caching: opt.EnablePrefixCaching = True,
+    vllm_tensor_parallel_size: opt.VllmTensorParallelSize = 1,
+    vllm_max_num_seqs: opt.VllmMaxNumSeqs = None,
+    no_enable_prefix_caching: opt.NoPrefixCaching = False,
     logprob_temperature: opt.LogprobTemperature = "raw",
     rollout: opt.Rollout = "tree",
     branching: opt.Branching = "resample",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from treerpo.cli import options as opt
 from treerpo.cli.common import (
     DEFAULT_DB,
     DbOption,
@@ -16,12 +17,9 @@ from treerpo.cli.common import (
     stdout_console,
     store_at,
 )
-from treerpo.scoring.scorer import ScoreStats
 
-RewardFnOption = Annotated[str | None, typer.Option(
-    "--reward-fn", help="MODULE:FUNCTION called with completion=, reference=, problem= and "
-    "returning a float in [0, 1] (default: the verified \\boxed{} answer check).")]
-
+if TYPE_CHECKING:  # the library loads when the command runs
+    from treerpo.scoring.scorer import ScoreStats
 
 def score(
     tree_id: Annotated[list[int] | None, typer.Option(
@@ -29,7 +27,8 @@ def score(
     run: Annotated[str | None, typer.Option("--run", help="Only trees of this run.")] = None,
     rescore: Annotated[bool, typer.Option(
         "--rescore", help="Recompute trees that are already scored.")] = False,
-    reward_fn: RewardFnOption = None,
+    reward_fn: opt.RewardFn = None,
+    reward_weights: opt.RewardWeights = None,
     workers: Annotated[int | None, typer.Option(
         "--workers", min=1, help="Reward worker processes (default: in this process, or one per "
         "CPU when the leaves would take more than a few seconds).")] = None,
@@ -39,7 +38,8 @@ def score(
     """Score stored trees: leaf rewards, node values (mean of descendant leaves), advantages.
 
     A leaf's reward is 1 when the last \\boxed{...} of its path's completion equals the
-    reference mathematically (math-verify), else 0; `--reward-fn` plugs in your own. Each
+    reference mathematically (math-verify), else 0; `--reward-fn` plugs in your own (repeat it
+    for a weighted sum, `--reward-weights`; `./module.py` in the working folder is found). Each
     node's value is the mean reward of all leaves below it; a node with siblings gets
     advantage = value - mean value of its sibling group. Idempotent: scored trees are skipped
     unless `--rescore`. All or nothing: a failing reward function leaves the store unchanged.
@@ -51,12 +51,15 @@ def score(
         treerpo score --tree-id 3 --tree-id 4 --rescore
 
         treerpo score --rescore --reward-fn my_rewards:length_penalised
+
+        treerpo score --reward-fn rw:fmt --reward-fn rw:ans --reward-weights 0.2,0.8
     """
-    from treerpo.scoring.rewards import resolve_reward_fn
+    from treerpo.scoring.rewards import combine_reward_specs, resolve_reward_fn
     from treerpo.scoring.store_scoring import score_stored_trees, select_trees_to_score
     from treerpo.store import repository
 
-    resolve_reward_fn(reward_fn)  # refuse a bad --reward-fn before opening the store
+    reward_spec = combine_reward_specs(reward_fn or [], opt.parse_reward_weights(reward_weights))
+    resolve_reward_fn(reward_spec)  # refuse a bad --reward-fn before opening the store
     console = stdout_console()
     with store_at(db) as store:
         run_id = repository.find_run(store, run).id if run is not None else None
@@ -66,7 +69,7 @@ def score(
         task = progress.add_task("leaves", total=None)
         with progress:
             stats = score_stored_trees(
-                store, tree_ids=selected, reward_fn_spec=reward_fn, workers=workers,
+                store, tree_ids=selected, reward_fn_spec=reward_spec, workers=workers,
                 on_progress=lambda done, total: progress.update(task, completed=done,
                                                                 total=total))
     if json_output:

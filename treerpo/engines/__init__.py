@@ -10,11 +10,11 @@ import importlib.util
 from typing import TYPE_CHECKING, Literal
 
 from treerpo.engines.base import Engine, GenerationRequest, GenerationResult, SamplingSettings
-from treerpo.engines.loading import TorchDtypeName
 from treerpo.errors import BadInputError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch loads with the first engine, not with this package
     from treerpo.config import EngineConfig, LogprobTemperatureMode
+    from treerpo.engines.loading import TorchDtypeName
 
 EngineName = Literal["auto", "hf", "vllm"]
 
@@ -74,12 +74,16 @@ def create_engine(
     max_model_len: int | None = None,
     enable_prefix_caching: bool = True,
     max_logprobs: int = 20,
+    vllm_tensor_parallel_size: int = 1,
+    vllm_max_num_seqs: int | None = None,
+    vllm_enable_sleep_mode: bool = False,
 ):
     """Load `model` into the named engine; returns `(engine, tokenizer)`.
 
-    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`
-    and `max_logprobs` to vLLM; `enable_prefix_caching` to both (the HF engine keeps the KV of
-    the previous call's rows for the next wave). Errors are `BadInputError`s.
+    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`,
+    `max_logprobs` and the `vllm_*` settings to vLLM; `enable_prefix_caching` to both (the HF
+    engine keeps the KV of the previous call's rows for the next wave). Errors are
+    `BadInputError`s.
     """
     from treerpo.engines.loading import (
         eos_token_ids,
@@ -105,6 +109,9 @@ def create_engine(
             logprob_temperature=logprob_temperature,
             max_logprobs=max_logprobs,
             eos_token_ids=eos_token_ids(tokenizer, load_generation_config(model)),
+            tensor_parallel_size=vllm_tensor_parallel_size,
+            max_num_seqs=vllm_max_num_seqs,
+            enable_sleep_mode=vllm_enable_sleep_mode,
         )
         return engine, tokenizer
 
@@ -144,4 +151,7 @@ def create_engine_from_config(
         max_model_len=config.max_model_len,
         enable_prefix_caching=config.enable_prefix_caching,
         max_logprobs=max_logprobs,
+        vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
+        vllm_max_num_seqs=config.vllm_max_num_seqs,
+        vllm_enable_sleep_mode=config.vllm_enable_sleep_mode,
     )

@@ -1,10 +1,10 @@
-"""Evaluation: GSM8K greedy and maj@k accuracy, every sample stored (`treerpo eval gsm8k`).
+"""Evaluation: greedy and maj@k accuracy, every sample stored (`treerpo eval gsm8k|dataset`).
 
 - `voting`: majority voting over extracted answers, grouped by mathematical equivalence.
-- `gsm8k`: the eval run itself (`run_gsm8k_eval`), its config and its summary.
+- `runner`: the eval run itself (`run_eval`), its config and its summary.
 """
 
-from treerpo.eval.gsm8k import (
+from treerpo.eval.runner import (
     GREEDY_SAMPLING,
     MAJORITY_SAMPLING,
     EvalConfig,
@@ -13,7 +13,7 @@ from treerpo.eval.gsm8k import (
     ModeSummary,
     default_eval_data,
     load_eval_problems,
-    run_gsm8k_eval,
+    run_eval,
 )
 from treerpo.eval.voting import AnswerGroup, group_answers, majority_vote
 
@@ -29,5 +29,5 @@ __all__ = [
     "group_answers",
     "load_eval_problems",
     "majority_vote",
-    "run_gsm8k_eval",
+    "run_eval",
 ]

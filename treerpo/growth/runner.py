@@ -71,7 +71,8 @@ def grow_and_store(
 
     The trees record their provenance: `policy_version` and the tokenizer's fingerprint
     (`tokenizer_hash`, computed from `tokenizer` when not given)."""
-    rendered = [prompt.build(tokenizer, problem.problem) for problem in problems]
+    rendered = [prompt.build(tokenizer, problem.problem, messages=problem.messages)
+                for problem in problems]
     trees, stats = grow_trees(
         engine=engine,
         tokenizer=tokenizer,
@@ -137,7 +138,8 @@ def run_generate(
                               problems_total=len(problem_set.problems),
                               problems_skipped_rows=problem_set.skipped)
     # Check the prompt renders before touching the store (no chat template → exit 2).
-    config.prompt.build(tokenizer, problem_set.problems[0].problem)
+    config.prompt.build(tokenizer, problem_set.problems[0].problem,
+                        messages=problem_set.problems[0].messages)
     check_run_settings(store, config)
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
     run = repository.get_or_create_run(store, name=summary.run_name, kind="generate",

@@ -29,6 +29,8 @@ from treerpo.errors import BadInputError
 PROBLEM_PLACEHOLDER = "{problem}"
 SYSTEM_PROMPT_PLACEHOLDER = "{system_prompt}"
 _PLACEHOLDER = re.compile(r"\{(problem|system_prompt)\}")
+# A conversational row: (role, content) pairs, e.g. (("system", ...), ("user", ...)).
+Messages = tuple[tuple[str, str], ...]
 
 
 class PromptSettings(BaseModel):
@@ -40,12 +42,15 @@ class PromptSettings(BaseModel):
     # Plain text with `{problem}` (and optionally `{system_prompt}`); replaces the chat template.
     prompt_template: str | None = None
 
-    def build(self, tokenizer: Any, problem: str) -> RenderedPrompt:
+    def build(
+        self, tokenizer: Any, problem: str, *, messages: Messages | None = None
+    ) -> RenderedPrompt:
         return build_prompt(
             tokenizer,
             problem,
             system_prompt=self.system_prompt,
             prompt_template=self.prompt_template,
+            messages=messages,
         )
 
 
@@ -63,8 +68,17 @@ def build_prompt(
     *,
     system_prompt: str | None = None,
     prompt_template: str | None = None,
+    messages: Messages | None = None,
 ) -> RenderedPrompt:
-    """Render `problem` (see module doc) and encode it once, without doubled special tokens."""
+    """Render `problem` (see module doc) and encode it once, without doubled special tokens.
+    `messages` (a conversational row) replace the single user message."""
+    if messages is not None:
+        if prompt_template is not None:
+            raise BadInputError("--prompt-template cannot render conversational rows (a list "
+                                "of messages): they need the tokenizer's chat template")
+        text = _apply_chat_template(tokenizer, problem, system_prompt=system_prompt,
+                                    messages=messages)
+        return RenderedPrompt(text=text, token_ids=_encode(tokenizer, text))
     if prompt_template is not None:
         text = _fill_prompt_template(prompt_template, problem=problem, system_prompt=system_prompt)
         return RenderedPrompt(text=text, token_ids=_encode_plain_text(tokenizer, text))
@@ -115,16 +129,22 @@ def _fill_prompt_template(template: str, *, problem: str, system_prompt: str | N
     return _PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
 
 
-def _apply_chat_template(tokenizer: Any, problem: str, *, system_prompt: str | None) -> str:
+def _apply_chat_template(
+    tokenizer: Any, problem: str, *, system_prompt: str | None, messages: Messages | None = None
+) -> str:
     import jinja2
 
     if not getattr(tokenizer, "chat_template", None):
         raise BadInputError(
             "the tokenizer has no chat template; pass --prompt-template '…{problem}…'"
         )
-    messages = [{"role": "user", "content": problem}]
-    if system_prompt is not None:
-        messages.insert(0, {"role": "system", "content": system_prompt})
+    if messages is None:
+        messages = (("user", problem),)
+    chat = [{"role": role, "content": content} for role, content in messages]
+    # --system-prompt goes first unless the conversation brings its own system message.
+    if system_prompt is not None and chat[0]["role"] != "system":
+        chat.insert(0, {"role": "system", "content": system_prompt})
+    messages = chat
     try:
         return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     except jinja2.TemplateError as exc:

@@ -13,7 +13,10 @@ order they are tried:
 Every row gives at most one problem:
 
 - the problem text is the first present column of `problem`, `question`, `prompt`, or
-  `--problem-field`;
+  `--problem-field`. A cell holding a list of `{"role", "content"}` messages (TRL's
+  conversational format) is a conversation: the prompt is those messages through the chat
+  template, and the problem text (stored, shown, given to reward plug-ins) is the content of its
+  last user message;
 - the reference answer is, row by row, the first usable value of `final_answer`, `answer`,
   `solution`, or of `--answer-field` alone. A value holding `####` is GSM8K style: the text after
   it, commas removed (`#### 2,125` -> `2125`). A column named `solution` is a worked solution: the
@@ -68,6 +71,8 @@ class Problem:
     row_index: int  # the row's number in the source split (0-based; blank JSONL lines not counted)
     problem: str
     reference: str
+    # Conversational rows: the (role, content) messages the prompt is rendered from.
+    messages: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,9 @@ def load_problems(
 
     problems: list[Problem] = []
     for row_offset, row in enumerate(rows):
-        problem_text = _text_value(row.get(chosen_problem_field))
+        messages = _messages_value(row.get(chosen_problem_field))
+        problem_text = (_last_user_content(messages) if messages is not None
+                        else _text_value(row.get(chosen_problem_field)))
         reference = _first_reference(row, reference_fields)
         if problem_text is None or reference is None:
             continue
@@ -138,6 +145,7 @@ def load_problems(
                 row_index=window.start + row_offset,
                 problem=problem_text,
                 reference=reference,
+                messages=messages,
             )
         )
     if not problems:
@@ -231,6 +239,29 @@ def _last_boxed_content(solution: str) -> str | None:
         if content is not None and content.strip():
             return content.strip()
     return None
+
+
+def _messages_value(value: Any) -> tuple[tuple[str, str], ...] | None:
+    """A cell holding a conversation (a non-empty list of {"role", "content"} with text
+    content) as (role, content) pairs; None for anything else."""
+    if hasattr(value, "tolist"):  # a numpy array from parquet / pandas
+        value = value.tolist()
+    if not isinstance(value, list | tuple) or not value:
+        return None
+    messages = []
+    for message in value:
+        if not isinstance(message, dict):
+            return None
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(role, str) or not isinstance(content, str):
+            return None
+        messages.append((role, content))
+    return tuple(messages)
+
+
+def _last_user_content(messages: tuple[tuple[str, str], ...]) -> str | None:
+    contents = [content.strip() for role, content in messages if role == "user"]
+    return contents[-1] if contents and contents[-1] else None
 
 
 def _text_value(value: Any) -> str | None:

@@ -4,7 +4,7 @@ Batch b takes the next per_device_train_batch_size x gradient_accumulation_steps
 problems of the dataset (in a seeded order, reshuffled every epoch), and each process grows the
 trees of its own share with `grow_and_store`, the code `treerpo generate` runs, so the trees are
 persisted in the train run exactly like generated ones, then scored with `score_stored_trees`
-(the default reward, as `treerpo score`).
+(the default reward, or `--reward-fn`'s, as `treerpo score`).
 
 The engine follows the policy:
 
@@ -12,8 +12,10 @@ The engine follows the policy:
   the next batch for free. A fresh engine wrapper is made per batch with a seed derived from
   (seed, batch, process), which makes a resumed run grow exactly the trees the uninterrupted run
   would have grown.
-- vLLM: one engine for the run; after every optimizer step the trainer's parameters are loaded
-  into it in place (`engine.load_weights`), never through a checkpoint on disk.
+- vLLM: one engine for the run; before each growth that follows an optimizer step the trainer's
+  parameters are loaded into it in place (`engine.load_weights`), never through a checkpoint on
+  disk. With `--vllm-enable-sleep-mode` the engine sleeps (weights and KV cache freed) from the
+  end of each growth until that push, so the update has the GPU's memory to itself.
 
 Both engines are built with the logprob temperature of `--logprob-temperature` (raw: 1.0;
 sampling: the sampling temperature), which every grown tree stores and the trainer's forward uses.
@@ -25,6 +27,7 @@ than grown twice (the store keeps one tree per problem, run and epoch).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 
 from treerpo.config import TrainConfig
@@ -33,7 +36,7 @@ from treerpo.problems.sources import Problem, load_problems
 from treerpo.provenance import tokenizer_fingerprint
 from treerpo.store import repository
 from treerpo.store.database import Store
-from treerpo.training.trainer import tree_order
+from treerpo.training.data_order import tree_order
 
 _SEED_STRIDE = 1_000_003
 
@@ -64,6 +67,7 @@ class ChainedBatches:
         accelerator,
         trees_per_step: int,
         on_message: Callable[[str], None],
+        reward_fn_spec: str | None = None,
     ) -> None:
         from treerpo.engines import (
             create_engine_from_config,
@@ -80,15 +84,19 @@ class ChainedBatches:
         self.accelerator = accelerator
         self.trees_per_step = trees_per_step
         self.on_message = on_message
+        self.reward_fn_spec = reward_fn_spec
+        self.seconds = {"growth_seconds": 0.0, "scoring_seconds": 0.0}
         self.batches_per_epoch = math.ceil(len(problems) / trees_per_step)
         self.tokenizer_hash = tokenizer_fingerprint(tokenizer)
         self.base_policy_version: str | None = None
-        config.prompt.build(tokenizer, problems[0].problem)  # no chat template: exit 2 now
+        config.prompt.build(tokenizer, problems[0].problem,  # no chat template: exit 2 now
+                            messages=problems[0].messages)
         engine = config.engine
         self.logprob_temperature = resolve_logprob_temperature(
             engine.logprob_temperature, sampling_temperature=config.sampling.temperature)
         self.engine_name = resolve_engine_name(engine.engine)
         self.vllm_engine = None
+        self._vllm_weights_stale = False  # the policy changed since vLLM last got its weights
         if self.engine_name == "vllm":
             self.vllm_engine, _ = create_engine_from_config(
                 engine.model_copy(update={"engine": "vllm",
@@ -109,6 +117,11 @@ class ChainedBatches:
         mine = [self.problems[index] for index in chosen.tolist()][
             rank::self.accelerator.num_processes]
         own_ids: list[int] = []
+        growth_seconds = scoring_seconds = 0.0
+        # Before any branch: under FSDP gathering the weights is a collective of every process.
+        started = time.perf_counter()
+        self._refresh_vllm_weights()
+        growth_seconds += time.perf_counter() - started  # the weight push is part of growth
         if mine:
             problem_ids = repository.upsert_problems(self.store, [
                 (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
@@ -122,6 +135,7 @@ class ChainedBatches:
                                                                          strict=True)
                     if problem_id not in existing]
             if todo:
+                started = time.perf_counter()
                 grown = grow_and_store(
                     store=self.store, engine=self._engine(batch_index), tokenizer=self.tokenizer,
                     problems=[problem for problem, _ in todo],
@@ -131,18 +145,40 @@ class ChainedBatches:
                     tree_settings=config.tree, sampling=config.sampling,
                     seed=self._seed(batch_index), epoch=epoch)
                 existing.update({tree.problem_id: tree.tree_id for tree in grown})
+                growth_seconds += time.perf_counter() - started
             own_ids = [existing[problem_id] for problem_id in problem_ids]
             unscored = select_trees_to_score(self.store, tree_ids=own_ids)
             if unscored:
-                score_stored_trees(self.store, tree_ids=unscored)
+                started = time.perf_counter()
+                score_stored_trees(self.store, tree_ids=unscored,
+                                   reward_fn_spec=self.reward_fn_spec)
+                scoring_seconds = time.perf_counter() - started
+        if self.vllm_engine is not None:
+            self.vllm_engine.sleep()  # sleep mode: free vLLM's memory for the updates
+        # This process's own times (under several processes, the main process's share).
+        self.seconds = {"growth_seconds": growth_seconds, "scoring_seconds": scoring_seconds}
         if self.accelerator.num_processes == 1:
             return own_ids
         return [tree_id for ids in gather_object([own_ids]) for tree_id in ids]
 
+    def last_batch_seconds(self) -> dict[str, float]:
+        return dict(self.seconds)
+
     def after_update(self, model) -> None:
-        """vLLM: load the new weights in place. The HF engine shares `model` already."""
+        """vLLM: its weights are now stale; they are pushed once, right before the next growth
+        (with --num-iterations > 1 several updates share one push). The HF engine shares
+        `model` already."""
         if self.vllm_engine is not None:
-            self.vllm_engine.load_weights(model.named_parameters())
+            self._vllm_weights_stale = True
+
+    def _refresh_vllm_weights(self) -> None:
+        """Push the policy's weights into vLLM when they changed (waking it from sleep mode)."""
+        if self.vllm_engine is not None and (self._vllm_weights_stale
+                                             or self.vllm_engine.sleeping):
+            from treerpo.training.distributed import full_named_parameters
+
+            self.vllm_engine.load_weights(full_named_parameters(self.model))
+            self._vllm_weights_stale = False
 
     def _engine(self, batch_index: int):
         if self.vllm_engine is not None:

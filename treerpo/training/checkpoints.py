@@ -7,7 +7,8 @@
   weights are saved in `--save-dtype` (auto: the base model's dtype, from its config.json, so a
   bf16 model's checkpoints are bf16, as HF Trainer saves a model loaded in bf16), cast from the
   float32 master weights, and config.json names that dtype;
-- `optimizer.pt`, `scheduler.pt`: the AdamW (float32 moments) and learning-rate scheduler states;
+- `optimizer.pt`, `scheduler.pt`: the AdamW (float32 moments) and learning-rate scheduler states
+  (under FSDP the whole optimizer state keyed by parameter name, gathered from the shards);
 - `rng_state_RANK.pth`: python, numpy and torch (CPU and CUDA) generator states of each process;
 - `trainer_state.json`: HF's `TrainerState` schema (global_step, max_steps, epoch,
   num_train_epochs, log_history, ...), so tools that read HF checkpoints read it
@@ -37,13 +38,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from treerpo.config import TrainConfig
 from treerpo.errors import BadInputError
+
+if TYPE_CHECKING:
+    from treerpo.training.distributed import ParallelPlan
 
 CHECKPOINT_PREFIX = "checkpoint-"
 TRAINER_STATE_FILE = "trainer_state.json"
@@ -113,7 +117,7 @@ def save_checkpoint(
     step: int,
     model,
     tokenizer,
-    optimizer: torch.optim.Optimizer,
+    optimizer_state: dict[str, Any],
     scheduler,
     trainer_state: dict[str, Any],
     treerpo_state: dict[str, Any],
@@ -121,16 +125,19 @@ def save_checkpoint(
     rng_states: dict[int, dict[str, Any]],
     save_total_limit: int | None,
     save_dtype: torch.dtype,
+    model_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write `checkpoint-STEP` atomically (module docstring), then rotate old checkpoints.
 
     `trainer_state` is HF's schema (`hf_trainer_state`), `treerpo_state` treerpo's own resume
-    fields; `rng_states` maps each process rank to its `capture_rng_state()`.
+    fields; `rng_states` maps each process rank to its `capture_rng_state()`; `model_state`,
+    when given, is the whole state dict to save instead of `model`'s own (FSDP's gathered one).
     """
 
     def write(folder: Path) -> None:
-        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, dtype=save_dtype)
-        torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, dtype=save_dtype,
+                          state_dict=model_state)
+        torch.save(optimizer_state, folder / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), folder / SCHEDULER_FILE)
         for rank, state in rng_states.items():
             torch.save(state, folder / f"rng_state_{rank}.pth")
@@ -157,20 +164,29 @@ class Checkpointing:
 def save_training_checkpoint(
     *, accelerator, output_dir: Path, step: int, model, tokenizer, optimizer, scheduler,
     config: TrainConfig, total_steps: int, batch_ids: list[int], batches_per_epoch: int,
-    checkpointing: Checkpointing,
+    checkpointing: Checkpointing, plan: ParallelPlan,
 ) -> Path:
-    """`checkpoint-STEP` of a training run: every process's RNG state gathered, the main
-    process writes (`save_checkpoint`), all wait for it."""
+    """`checkpoint-STEP` of a training run: every process's RNG state gathered (and under FSDP
+    the model's and optimizer's shards), the main process writes (`save_checkpoint`), all wait
+    for it. `model` is what the forwards run through (`distributed.wrap_policy`)."""
     from accelerate.utils import gather_object
 
+    from treerpo.training.distributed import (
+        full_model_state,
+        full_optimizer_state,
+        policy_module,
+    )
+
     rng_states = gather_object([(accelerator.process_index, capture_rng_state())])
+    model_state = full_model_state(model, plan=plan)  # collectives on every process (FSDP)
+    optimizer_state = full_optimizer_state(model, optimizer, plan=plan)
     path = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     if accelerator.is_main_process:
         opt = config.optimization
         steps_per_epoch = batches_per_epoch * opt.num_iterations
         path = save_checkpoint(
-            output_dir=output_dir, step=step, model=model, tokenizer=tokenizer,
-            optimizer=optimizer, scheduler=scheduler,
+            output_dir=output_dir, step=step, model=policy_module(model), tokenizer=tokenizer,
+            optimizer_state=optimizer_state, scheduler=scheduler, model_state=model_state,
             trainer_state=hf_trainer_state(
                 global_step=step, max_steps=total_steps, epoch=step / steps_per_epoch,
                 num_train_epochs=math.ceil(total_steps / steps_per_epoch),
@@ -179,23 +195,26 @@ def save_training_checkpoint(
                 train_batch_size=opt.per_device_train_batch_size),
             treerpo_state={"batch_index": (step - 1) // opt.num_iterations,
                            "batch_tree_ids": batch_ids,
-                           "num_processes": accelerator.num_processes},
+                           "num_processes": accelerator.num_processes,
+                           "parallelism": plan.mode},
             config_json=config.model_dump(mode="json"), rng_states=dict(rng_states),
             save_total_limit=config.save_total_limit, save_dtype=checkpointing.save_dtype)
     accelerator.wait_for_everyone()
     return path
 
 
-def save_model_folder(*, folder: Path, model, tokenizer, dtype: torch.dtype) -> None:
+def save_model_folder(*, folder: Path, model, tokenizer, dtype: torch.dtype,
+                      state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """The model as safetensors in `dtype` (cast from the master weights, which stay as they
-    are) with config.json naming that dtype, and its tokenizer."""
-    state_dict = None
-    if any(p.is_floating_point() and p.dtype != dtype for p in model.parameters()):
+    are) with config.json naming that dtype, and its tokenizer. `state_dict`, when given,
+    replaces the model's own (FSDP: the whole weights gathered from the shards)."""
+    source = model.state_dict() if state_dict is None else state_dict
+    if any(t.is_floating_point() and t.dtype != dtype for t in source.values()):
         # One cast per storage: tied weights (embeddings and LM head) stay one shared tensor,
         # which save_pretrained writes once, as it does for the model itself.
         cast: dict[tuple[int, torch.Size], torch.Tensor] = {}
         state_dict = {}
-        for name, tensor in model.state_dict().items():
+        for name, tensor in source.items():
             if tensor.is_floating_point():
                 key = (tensor.data_ptr(), tensor.shape)
                 if key not in cast:
@@ -276,12 +295,14 @@ def hf_trainer_state(
 
 
 def save_final_model(*, output_dir: Path, model, tokenizer, config_json: dict[str, Any],
-                     save_dtype: torch.dtype) -> None:
+                     save_dtype: torch.dtype,
+                     state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """The trained model in `output_dir` itself. Each file is renamed into place from a complete
     temporary folder, so a crash leaves the previous file or the new one, never a torn file."""
 
     def write(folder: Path) -> None:
-        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, dtype=save_dtype)
+        save_model_folder(folder=folder, model=model, tokenizer=tokenizer, dtype=save_dtype,
+                          state_dict=state_dict)
         (folder / CONFIG_FILE).write_text(json.dumps(config_json, indent=1))
 
     staged = write_atomically(output_dir=output_dir, name="final-model-staging", write=write)

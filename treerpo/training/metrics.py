@@ -45,6 +45,13 @@ class MetricsSink:
             self.tracker.close()
 
 
+def _tracker_name(metric: str) -> str:
+    """`eval_accuracy` → `eval/accuracy`, `loss` → `train/loss` (HF Trainer's grouping)."""
+    if metric.startswith("eval_"):
+        return f"eval/{metric.removeprefix('eval_')}"
+    return f"train/{metric}"
+
+
 class _TensorBoard:
     def __init__(self, log_dir: Path) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -54,7 +61,7 @@ class _TensorBoard:
     def log(self, metrics: dict[str, Any]) -> None:
         for name, value in metrics.items():
             if name != "step" and isinstance(value, int | float):
-                self.writer.add_scalar(f"train/{name}", value, metrics["step"])
+                self.writer.add_scalar(_tracker_name(name), value, metrics["step"])
 
     def close(self) -> None:
         self.writer.close()
@@ -67,7 +74,7 @@ class _WandB:
         self.run = wandb.init(project="treerpo", name=run_name, config=config)
 
     def log(self, metrics: dict[str, Any]) -> None:
-        self.run.log({f"train/{k}": v for k, v in metrics.items() if v is not None},
+        self.run.log({_tracker_name(k): v for k, v in metrics.items() if v is not None},
                      step=metrics["step"])
 
     def close(self) -> None:

@@ -10,6 +10,8 @@
   advantage is non-zero: the part of the step that carries signal.
 - `forced_token_share`: the share of completion tokens in nodes at or below a forced node.
 - `mean_abs_advantage`: the mean |advantage| over the nodes that have one.
+- `no_signal_tree_share`: the share of trees in which every advantage is zero (all leaves scored
+  alike): trees the step learns nothing from.
 
 Sums are kept per process (`rollout_sums`) and turned into figures after they are added up over
 processes (`rollout_metrics`), so the figures are exact for the whole step.
@@ -24,7 +26,7 @@ from treerpo.trees import Tree
 SUM_NAMES = (
     "leaves", "reward_sum", "on_policy_leaves", "on_policy_reward_sum", "groups",
     "nonzero_groups", "trained_tokens", "nonzero_tokens", "completion_tokens", "forced_tokens",
-    "advantage_nodes", "abs_advantage_sum",
+    "advantage_nodes", "abs_advantage_sum", "trees", "no_signal_trees",
 )
 
 
@@ -32,6 +34,9 @@ def rollout_sums(trees: Sequence[Tree]) -> list[float]:
     """The counts and sums behind `rollout_metrics`, in `SUM_NAMES` order."""
     sums = dict.fromkeys(SUM_NAMES, 0.0)
     for tree in trees:
+        sums["trees"] += 1
+        if not any(node.advantage for node in tree.nodes[1:]):  # None or 0.0 everywhere
+            sums["no_signal_trees"] += 1
         forced = tree.forced_below()
         for node in tree.nodes[1:]:
             sums["completion_tokens"] += node.num_tokens
@@ -73,4 +78,5 @@ def rollout_metrics(sums: Sequence[float]) -> dict[str, float | None]:
         "nonzero_token_share": ratio("nonzero_tokens", "trained_tokens"),
         "forced_token_share": ratio("forced_tokens", "completion_tokens"),
         "mean_abs_advantage": ratio("abs_advantage_sum", "advantage_nodes"),
+        "no_signal_tree_share": ratio("no_signal_trees", "trees"),
     }

@@ -19,7 +19,8 @@ One optimizer step (DESIGN step 10):
    on every root-to-leaf path with segment advantages weighs; `treerpo.training.loss`). Each
    tree's loss is scaled by (its groups, tokens or visitation mass) / (the step's, summed over
    processes), so the accumulated gradient is exactly the gradient of the step's mean.
-5. Gradients are summed over processes, clipped to max_grad_norm, and AdamW steps; the learning
+5. Gradients are summed over processes (DDP or FSDP2 under the padding scheme of
+   `treerpo.training.distributed`), clipped to max_grad_norm, and AdamW steps; the learning
    rate follows transformers' `get_scheduler`. With num_iterations = mu > 1 the same batch serves
    mu consecutive optimizer steps (behaviour logprobs stay the stored ones, so the ratio is real).
 
@@ -31,9 +32,10 @@ Departures from the textbook and from TRL's GRPOTrainer, on purpose:
   per micro-batch: a micro-batch with few groups does not weigh more than its share.
 - Each tree is back-propagated on its own (the micro-batch is a unit of data, not of memory):
   activation memory is bounded by the largest (sub-)pack, see `--max-packed-tokens`.
-- Multi-process (`accelerate launch`): no DDP wrapper. Processes may hold different numbers of
-  trees and packs in a step, which DDP's per-backward all-reduce cannot express; gradients are
-  instead summed once per optimizer step (what DDP does under `no_sync`).
+- Multi-process (`torchrun` / `accelerate launch`): processes hold different numbers of trees
+  and packs in a step, so every process is padded to the same sequence of forwards and
+  backwards with zero-weight passes, and DDP or FSDP2 then communicate in step
+  (`treerpo.training.distributed`).
 - Master weights are float32. `--torch-dtype bfloat16/float16` on a GPU runs the forward under
   autocast; on CPU it trains in float32 (bf16 master weights would round away 1e-6 updates).
 - Weight decay applies to matrices only (ndim >= 2), not to biases and norms (as HF Trainer).
@@ -51,7 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 from treerpo.config import OptimizationConfig, TrainConfig
@@ -61,8 +62,22 @@ from treerpo.scoring.values import with_advantages
 from treerpo.store import repository
 from treerpo.store.database import Store
 from treerpo.training import checkpoints, resume
+from treerpo.training.data_order import tree_order
+from treerpo.training.distributed import (
+    ParallelPlan,
+    full_model_state,
+    gradient_norm,
+    load_optimizer_state,
+    resolve_parallelism,
+    synchronising,
+    update_schedule,
+    wrap_policy,
+    zero_weight_forward,
+)
 from treerpo.training.metrics import open_metrics_sink
+from treerpo.training.no_signal import NoSignalWatch
 from treerpo.training.packed_forward import packed_tree_loss
+from treerpo.training.packing import pack_tree
 from treerpo.training.rollout_stats import rollout_metrics, rollout_sums
 from treerpo.trees import Tree
 
@@ -75,6 +90,8 @@ class TrainCallbacks:
     on_start: Callable[[int, int], None] = lambda start_step, total_steps: None
     on_step: Callable[[dict[str, Any]], None] = lambda metrics: None
     on_log: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_eval: Callable[[dict[str, Any]], None] = lambda metrics: None
+    on_warning: Callable[[str], None] = lambda message: None
 
 
 @dataclass
@@ -89,6 +106,7 @@ class TrainSummary:
     last_metrics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     is_main_process: bool = True  # under `accelerate launch`, only the main process reports
+    last_eval: dict[str, Any] = field(default_factory=dict)  # `--eval-dataset`: the last one
 
 
 class BatchSource(Protocol):
@@ -102,6 +120,10 @@ class BatchSource(Protocol):
 
     def after_update(self, model) -> None:
         """Called after every optimizer step (chained: push the weights into the engine)."""
+        ...
+
+    def last_batch_seconds(self) -> dict[str, float]:
+        """Seconds the last `batch_tree_ids` spent growing and scoring trees."""
         ...
 
 
@@ -119,18 +141,15 @@ def trained_counts(tree: Tree) -> tuple[int, int, float]:
     return tokens, len(parents), visit_mass
 
 
-def tree_order(*, num_trees: int, seed: int, epoch: int) -> np.ndarray:
-    """The data order of an epoch: a permutation that depends only on (seed, epoch), so a resumed
-    run needs nothing but the step to find its place."""
-    return np.random.default_rng([seed, epoch]).permutation(num_trees)
-
-
 class PolicyUpdater:
     """The policy, its optional frozen reference, AdamW and the scheduler: `update(trees)` is one
     optimizer step over this process's shard of a step (module docstring)."""
 
     def __init__(self, *, model, ref_model, optimization: OptimizationConfig, total_steps: int,
-                 accelerator, autocast_dtype: torch.dtype | None) -> None:
+                 accelerator, autocast_dtype: torch.dtype | None,
+                 plan: ParallelPlan | None = None) -> None:
+        """`model` is what forwards run through: the policy, or its DDP/FSDP2 wrapping by
+        `distributed.wrap_policy` under `plan` (then the optimizer holds the sharded params)."""
         from transformers import get_scheduler
 
         self.model = model
@@ -138,6 +157,9 @@ class PolicyUpdater:
         self.optimization = optimization
         self.accelerator = accelerator
         self.autocast_dtype = autocast_dtype
+        self.plan = plan or ParallelPlan(mode="single", num_processes=1)
+        if self.plan.mode == "single" and accelerator.num_processes > 1:
+            raise ValueError("several processes need a ddp or fsdp plan")
         self.parameters = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in self.parameters if p.ndim >= 2]
         no_decay = [p for p in self.parameters if p.ndim < 2]
@@ -148,8 +170,12 @@ class PolicyUpdater:
         )
         self.scheduler = get_scheduler(
             optimization.lr_scheduler_type, self.optimizer,
-            num_warmup_steps=math.ceil(optimization.warmup_ratio * total_steps),
+            num_warmup_steps=optimization.num_warmup_steps(total_steps),
             num_training_steps=total_steps,
+            scheduler_specific_kwargs=(
+                {"mode": "max", **optimization.lr_scheduler_kwargs}  # on eval_accuracy
+                if optimization.steps_on_metric
+                else dict(optimization.lr_scheduler_kwargs) or None),
         )
 
     def update(self, trees: list[Tree]) -> dict[str, Any]:
@@ -173,50 +199,86 @@ class PolicyUpdater:
 
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        sums = torch.zeros(3, dtype=torch.float64)  # loss, clipped tokens, kl x tokens
-        for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True):
-            if tokens == 0:
-                continue
-            with self._autocast():
-                loss, metrics = packed_tree_loss(
-                    model=self.model, trees=[tree], max_packed_tokens=opt.max_packed_tokens,
-                    epsilon=opt.epsilon, epsilon_high=opt.epsilon_high,
-                    aggregation=opt.loss_aggregation, ref_model=self.ref_model, beta=opt.beta)
-            if (metrics["num_tokens"], metrics["num_groups"]) != (tokens, groups):
-                raise RuntimeError(f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} "
-                                   f"tokens in {metrics['num_groups']} groups, expected {tokens} "
-                                   f"in {groups}")
-            share = mass / total_mass
-            (loss * share).backward()
-            sums += torch.tensor([loss.item() * share, metrics["clip_fraction"] * tokens,
-                                  metrics.get("kl", 0.0) * tokens], dtype=torch.float64)
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.accelerator.device)
+        # loss, clipped tokens, kl x tokens, ratio x tokens
+        sums = torch.zeros(4, dtype=torch.float64)
+        units = [(tree, tokens, groups, mass)
+                 for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True)
+                 if tokens > 0]
+        local_forwards = [self._forwards_of(tree) for tree, *_ in units]
+        schedule = update_schedule(plan=self.plan, local_forwards=local_forwards,
+                                   device=self.accelerator.device)
+        for index, forwards in enumerate(schedule.forwards):
+            last_unit = index == len(schedule.forwards) - 1
+            with synchronising(self.model, plan=self.plan, last_unit=last_unit):
+                unit_loss, used_forwards = None, 0
+                if index < len(units):
+                    tree, tokens, groups, mass = units[index]
+                    with self._autocast():
+                        loss, metrics = packed_tree_loss(
+                            model=self.model, trees=[tree],
+                            max_packed_tokens=opt.max_packed_tokens, epsilon=opt.epsilon,
+                            epsilon_high=opt.epsilon_high, aggregation=opt.loss_aggregation,
+                            ref_model=self.ref_model, beta=opt.beta)
+                    if (metrics["num_tokens"], metrics["num_groups"]) != (tokens, groups):
+                        raise RuntimeError(
+                            f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} tokens in "
+                            f"{metrics['num_groups']} groups, expected {tokens} in {groups}")
+                    share = mass / total_mass
+                    unit_loss = loss * (share * schedule.loss_scale)
+                    used_forwards = local_forwards[index]
+                    sums += torch.tensor(
+                        [loss.item() * share, metrics["clip_fraction"] * tokens,
+                         metrics.get("kl", 0.0) * tokens, metrics["ratio_mean"] * tokens],
+                        dtype=torch.float64)
+                for _ in range(forwards - used_forwards):  # padding: same collectives, no grad
+                    with self._autocast():
+                        padding = zero_weight_forward(self.model)
+                    unit_loss = padding if unit_loss is None else unit_loss + padding
+                unit_loss.backward()
         for parameter in self.parameters:
-            if parameter.grad is None:  # a shard without trained tokens still joins the sum
+            if parameter.grad is None:  # a step without trained tokens still steps the same
                 parameter.grad = torch.zeros_like(parameter)
-        if self.accelerator.num_processes > 1:
-            for parameter in self.parameters:
-                torch.distributed.all_reduce(parameter.grad)
-        loss_sum, clipped_tokens, kl_token_sum = self._sum_over_processes(sums).tolist()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf)
+        loss_sum, clipped_tokens, kl_token_sum, ratio_token_sum = (
+            self._sum_over_processes(sums).tolist())
+        grad_norm = gradient_norm(torch.nn.utils.clip_grad_norm_(
+            self.parameters, opt.max_grad_norm if opt.max_grad_norm > 0 else math.inf))
         learning_rate = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
-        self.scheduler.step()
+        if not opt.steps_on_metric:  # those step in `step_on_eval`
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         seconds = time.perf_counter() - started
         return {
             "loss": loss_sum,
             **rollout_metrics(rollout_totals),
             "clip_fraction": clipped_tokens / total_tokens if total_tokens else 0.0,
+            # Token mean of exp(logp_new - logp_behaviour) before the step: ~1 on the first
+            # step of a chained run, where the engine's and the trainer's logprobs meet.
+            "ratio_mean": ratio_token_sum / total_tokens if total_tokens else 1.0,
             "kl": kl_token_sum / total_tokens if opt.beta > 0 and total_tokens else None,
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "learning_rate": learning_rate,
             "tokens_per_second": total_tokens / seconds if seconds > 0 else 0.0,
             "num_trees": int(num_trees),
             "num_tokens": int(total_tokens),
             "num_groups": int(total_groups),
             "seconds": seconds,
+            # This process's peak GPU memory during the update (None on CPU).
+            "peak_memory_mb": (torch.cuda.max_memory_allocated(self.accelerator.device) / 2**20
+                               if self.accelerator.device.type == "cuda" else None),
         }
+
+    def _forwards_of(self, tree: Tree) -> int:
+        """Policy forwards the packed loss of `tree` runs: one per (sub-)pack."""
+        if self.optimization.max_packed_tokens is None or not self.plan.wrapped:
+            return 1
+        return len(pack_tree(tree=tree, max_packed_tokens=self.optimization.max_packed_tokens))
+    def step_on_eval(self, eval_accuracy: float) -> None:
+        """A metric scheduler (reduce_lr_on_plateau, greedy) steps on each evaluation."""
+        if self.optimization.steps_on_metric:
+            self.scheduler.step(eval_accuracy)
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -249,13 +311,19 @@ class ReplayBatches:
     def after_update(self, model) -> None:
         """Replay has no engine to refresh."""
 
+    def last_batch_seconds(self) -> dict[str, float]:
+        """Replay grows nothing; its unscored trees were scored before training."""
+        return {"growth_seconds": 0.0, "scoring_seconds": 0.0}
+
 
 def select_replay_trees(
     store: Store, *, source_runs: list[str], on_message: Callable[[str], None],
     policy: ReplayPolicy | None = None,
+    reward_fn_spec: str | None = None,
 ) -> tuple[list[int], int]:
     """The stored trees to replay (of `source_runs`, or all), after scoring the unscored ones
-    with the default reward exactly as `treerpo score` would. Returns (tree ids, scored now).
+    with `reward_fn_spec` (None: the default reward) exactly as `treerpo score` would. Returns
+    (tree ids, scored now).
 
     With `policy`, the trees' provenance is checked first (`check_replay_provenance`): trees of
     another tokenizer, or of another policy unless allowed, are refused before anything is
@@ -278,9 +346,10 @@ def select_replay_trees(
     unscored = [tree_id for run_id in run_ids
                 for tree_id in select_trees_to_score(store, run_id=run_id)]
     if unscored:
-        on_message(f"scoring {len(unscored)} unscored tree(s) first with the default reward "
+        reward = reward_fn_spec or "the default reward"
+        on_message(f"scoring {len(unscored)} unscored tree(s) first with {reward} "
                    "(as `treerpo score` would)")
-        score_stored_trees(store, tree_ids=unscored)
+        score_stored_trees(store, tree_ids=unscored, reward_fn_spec=reward_fn_spec)
     return [summary.tree_id for summary in summaries], len(unscored)
 
 
@@ -341,8 +410,11 @@ def _run_training(
     from accelerate.utils import set_seed
 
     from treerpo.engines.loading import load_tokenizer, policy_version
+    from treerpo.scoring.rewards import combine_reward_specs, resolve_reward_fn
 
     callbacks = callbacks or TrainCallbacks()
+    reward_fn_spec = combine_reward_specs(config.reward_fns, config.reward_weights)
+    resolve_reward_fn(reward_fn_spec)  # a bad --reward-fn is refused before any model loads
     started = time.perf_counter()
     # cpu=True without a GPU: how accelerate recognises a multi-process CPU launch (torchrun).
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -352,6 +424,12 @@ def _run_training(
     output_dir = Path(config.output_dir).expanduser()
     run_name = config.resolved_run_name()
     summary = TrainSummary(run_name=run_name, output_dir=str(output_dir), is_main_process=main)
+    evaluator = None
+    if config.eval is not None:
+        from treerpo.training.train_eval import TrainEvaluator
+
+        # Bad eval data: exit 2 before anything is written.
+        evaluator = TrainEvaluator(config=config, run_name=run_name)
     checkpoint = (checkpoints.resolve_checkpoint(config.resume_from_checkpoint,
                                                  output_dir=output_dir)
                   if config.resume_from_checkpoint else None)
@@ -369,6 +447,14 @@ def _run_training(
     save_dtype = checkpoints.resolve_save_dtype(
         config.save_dtype, base_model=config.engine.model,
         trust_remote_code=config.engine.trust_remote_code)
+    plan = resolve_parallelism(accelerator=accelerator, fsdp=config.fsdp)
+    if plan.mode == "fsdp" and config.chained:
+        from treerpo.engines import resolve_engine_name
+
+        if resolve_engine_name(config.engine.engine) != "vllm":
+            raise BadInputError("chained training under FSDP grows trees with vLLM only (the HF "
+                                "engine would decode with the sharded policy): use --engine vllm, "
+                                "or grow with `treerpo generate` and replay")
 
     replay_ids: list[int] = []
     if config.chained:
@@ -384,11 +470,13 @@ def _run_training(
             allow_off_policy=config.allow_off_policy)
         if main:
             replay_ids, summary.scored_first = select_replay_trees(
-                store, source_runs=config.source_runs, on_message=say, policy=replay_policy)
+                store, source_runs=config.source_runs, on_message=say, policy=replay_policy,
+                reward_fn_spec=reward_fn_spec)
         accelerator.wait_for_everyone()
         if not main:
             replay_ids, _ = select_replay_trees(store, source_runs=config.source_runs,
-                                                on_message=say, policy=replay_policy)
+                                                on_message=say, policy=replay_policy,
+                                                reward_fn_spec=reward_fn_spec)
     if resume_point is not None:  # the run's length, before the run or its logs are touched
         data_size = len(problems) if config.chained else len(replay_ids)
         resume.check_total_steps(point=resume_point, total_steps=total_steps_for(
@@ -405,32 +493,43 @@ def _run_training(
     set_seed(config.engine.seed)
     model, ref_model, autocast_dtype = _load_models(config=config, checkpoint=checkpoint,
                                                     device=accelerator.device, say=say)
+    forward_model = wrap_policy(model, plan=plan, device=accelerator.device)
+    if plan.wrapped:
+        say(f"{plan.num_processes} processes, {plan.mode}"
+            + (f" ({'full_shard' if plan.reshard_after_forward else 'shard_grad_op'})"
+               if plan.mode == "fsdp" else ""))
     if config.chained:
         source: BatchSource = ChainedBatches(
             store=store, config=config, problems=problems, run_id=run_id, model=model,
             tokenizer=tokenizer, accelerator=accelerator, trees_per_step=trees_per_step,
-            on_message=say)
+            on_message=say, reward_fn_spec=reward_fn_spec)
     else:
         source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
                                seed=config.engine.seed)
     total_steps = total_steps_for(optimization=opt, batches_per_epoch=source.batches_per_epoch)
-    updater = PolicyUpdater(model=model, ref_model=ref_model, optimization=opt,
+    updater = PolicyUpdater(model=forward_model, ref_model=ref_model, optimization=opt,
                             total_steps=total_steps, accelerator=accelerator,
-                            autocast_dtype=autocast_dtype)
+                            autocast_dtype=autocast_dtype, plan=plan)
 
     step = 0
     log_history: list[dict[str, Any]] = []
     if checkpoint is not None:
         states = checkpoints.load_checkpoint_states(checkpoint=checkpoint,
                                                     rank=accelerator.process_index)
-        updater.optimizer.load_state_dict(states["optimizer"])
-        updater.scheduler.load_state_dict(states["scheduler"])
-        checkpoints.restore_rng_state(states["rng"])
         saved_processes = states["trainer_state"]["num_processes"]
         if saved_processes != accelerator.num_processes:
             raise BadInputError(f"{checkpoint} was written by {saved_processes} process(es); "
                                 f"resume with the same number (not {accelerator.num_processes}) "
                                 "so that every step sees the same trees")
+        saved_mode = states["trainer_state"].get("parallelism", "fsdp" if config.fsdp else (
+            "ddp" if saved_processes > 1 else "single"))
+        if (saved_mode == "fsdp") != (plan.mode == "fsdp"):
+            raise BadInputError(f"{checkpoint} was written with {saved_mode}: resume with "
+                                f"{'--fsdp' if saved_mode == 'fsdp' else 'no --fsdp'} (its "
+                                "optimizer state is laid out for it)")
+        load_optimizer_state(forward_model, updater.optimizer, states["optimizer"], plan=plan)
+        updater.scheduler.load_state_dict(states["scheduler"])
+        checkpoints.restore_rng_state(states["rng"])
         step = int(states["trainer_state"]["global_step"])
         log_history = [entry for entry in states["trainer_state"]["log_history"]
                        if entry.get("step", 0) <= step]
@@ -449,14 +548,17 @@ def _run_training(
             run_id=run_id, start_step=step, total_steps=total_steps, sink=sink,
             callbacks=callbacks, summary=summary, tokenizer=tokenizer,
             checkpointing=checkpoints.Checkpointing(save_dtype=save_dtype,
-                                                    log_history=log_history))
+                                                    log_history=log_history),
+            evaluator=evaluator)
     except BaseException:
         if main:
             repository.finish_run(store, run_id, status="failed")
         raise
+    final_state = full_model_state(forward_model, plan=plan)  # FSDP: a collective
     if main:
         checkpoints.save_final_model(output_dir=output_dir, model=model, tokenizer=tokenizer,
-                                     config_json=config_json, save_dtype=save_dtype)
+                                     config_json=config_json, save_dtype=save_dtype,
+                                     state_dict=final_state)
         repository.finish_run(store, run_id)
         sink.close()
     accelerator.wait_for_everyone()
@@ -468,20 +570,22 @@ def _run_training(
 def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: BatchSource,
                 updater: PolicyUpdater, run_id: int, start_step: int, total_steps: int, sink,
                 callbacks: TrainCallbacks, summary: TrainSummary, tokenizer,
-                checkpointing: checkpoints.Checkpointing) -> int:
-    """Steps `start_step + 1 .. total_steps`: update, record, log, checkpoint. Returns the last."""
+                checkpointing: checkpoints.Checkpointing, evaluator=None) -> int:
+    """Steps `start_step + 1 .. total_steps`: update, record, log, evaluate, checkpoint.
+    Returns the last step."""
     opt, main, model = config.optimization, accelerator.is_main_process, updater.model
     output_dir = Path(config.output_dir).expanduser()
     step = start_step
     trained: set[int] = set()
     batch_index, batch_ids, shard = -1, [], []
+    no_signal = NoSignalWatch(patience=config.no_signal_warning_steps)
     while step < total_steps:
-        growth_seconds = 0.0  # chained training grows the batch's trees here
+        step_started = time.perf_counter()
+        batch_seconds = {"growth_seconds": 0.0, "scoring_seconds": 0.0}
         if step // opt.num_iterations != batch_index:
             batch_index = step // opt.num_iterations
-            growth_started = time.perf_counter()
             batch_ids = source.batch_tree_ids(batch_index)
-            growth_seconds = time.perf_counter() - growth_started
+            batch_seconds = source.last_batch_seconds()
             shard = repository.load_trees(
                 store, batch_ids[accelerator.process_index::accelerator.num_processes])
         metrics = updater.update(shard)
@@ -489,7 +593,9 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
         step += 1
         trained.update(batch_ids)
         metrics = {"step": step, "epoch": batch_index / source.batches_per_epoch, **metrics,
-                   "growth_seconds": growth_seconds}
+                   **batch_seconds, "update_seconds": metrics["seconds"],
+                   "step_seconds": time.perf_counter() - step_started}
+        warning = no_signal.observe(metrics)
         if main:
             repository.record_train_step(store, run_id=run_id, step=step, metrics=metrics,
                                          tree_ids=batch_ids)
@@ -498,13 +604,29 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 sink.write(metrics)
                 checkpointing.log_history.append(metrics)
                 callbacks.on_log(metrics)
+            if warning is not None:
+                callbacks.on_warning(warning)
         summary.last_metrics = metrics
+        if evaluator is not None and evaluator.due(step=step, total_steps=total_steps):
+            accuracy = torch.zeros(1, dtype=torch.float64)
+            if main:
+                eval_metrics = evaluator.evaluate(
+                    store=store, model=model, tokenizer=tokenizer,
+                    engine=getattr(source, "vllm_engine", None), step=step,
+                    epoch=metrics["epoch"])
+                sink.write(eval_metrics)
+                callbacks.on_eval(eval_metrics)
+                summary.last_eval = eval_metrics
+                accuracy[0] = eval_metrics["eval_accuracy"]
+            # Every process's scheduler steps on the main process's figure.
+            updater.step_on_eval(float(updater._sum_over_processes(accuracy)[0]))
         if step % config.save_steps == 0:
             path = checkpoints.save_training_checkpoint(
                 accelerator=accelerator, output_dir=output_dir, step=step, model=model,
                 tokenizer=tokenizer, optimizer=updater.optimizer, scheduler=updater.scheduler,
                 config=config, total_steps=total_steps, batch_ids=batch_ids,
-                batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing)
+                batches_per_epoch=source.batches_per_epoch, checkpointing=checkpointing,
+                plan=updater.plan)
             if main:
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
                                                      checkpoint=str(path))

@@ -1,6 +1,9 @@
-r"""GSM8K evaluation: greedy and maj@k accuracy of a model, every sample kept in the store.
+r"""Evaluation: greedy and maj@k accuracy of a model on any problem source, every sample stored.
 
-The settings of the original TreeRPO release (fixed here; saved with every eval run's config):
+`treerpo eval gsm8k` (GSM8K's test split, the original release's benchmark), `treerpo eval
+dataset` (any source `generate` accepts: a hub id, a local file, `arith`) and the evaluations
+during `train --eval-dataset` all run `run_eval`. The settings are the original TreeRPO
+release's (fixed here; saved with every eval run's config):
 
 - **greedy**: temperature 0 (argmax), `max_new_tokens` 1024, no top-k / top-p / min-p /
   repetition penalty;
@@ -8,7 +11,8 @@ The settings of the original TreeRPO release (fixed here; saved with every eval 
   requests of a problem are the same prompt k times, batched with the other problems' requests.
 
 The prompt is the question as a single user message through the tokenizer's chat template
-(`PromptSettings`' default; a system prompt or a plain prompt template can be given). A
+(`PromptSettings`' default; a system prompt or a plain prompt template can be given), or a
+conversational row's own messages. A
 completion's answer is its last `\boxed{…}`: without one it is incorrect and casts no vote.
 Greedy correctness is `is_correct(completion, reference)`, the training reward's check. Maj@k
 votes are grouped by mathematical equivalence (`treerpo.eval.voting`); a tie is broken by an rng
@@ -43,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from treerpo.config import DataConfig, EngineConfig
+from treerpo.config import DataConfig, EngineConfig, slug
 from treerpo.engines.base import Engine, GenerationRequest, SamplingSettings
 from treerpo.errors import BadInputError
 from treerpo.eval.voting import majority_vote
@@ -77,11 +81,14 @@ def default_eval_data() -> DataConfig:
 
 
 class EvalConfig(BaseModel):
-    """`treerpo eval gsm8k`: which model, which problems, which modes. Saved with the run."""
+    """`treerpo eval gsm8k|dataset`: which model, which problems, which modes. Saved with the
+    run."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     run_name: str | None = None
+    # What the default run name and the summary call the problems ("gsm8k", "arith", ...).
+    benchmark: str = "gsm8k"
     mode: EvalMode = "both"
     k: int = Field(default=8, ge=1, description="samples per problem for maj@k")
     max_new_tokens: int = Field(default=1024, ge=1)
@@ -117,14 +124,15 @@ class EvalConfig(BaseModel):
         }
 
     def resolved_run_name(self) -> str:
-        """`--run`, or `eval-gsm8k-MODEL-SPLIT-DIGEST` from the result settings: the same command
-        resumes the same run, a changed setting starts another."""
+        """`--run`, or `eval-BENCHMARK-MODEL-SPLIT-DIGEST` from the result settings: the same
+        command resumes the same run, a changed setting starts another."""
         if self.run_name:
             return self.run_name
         encoded = json.dumps(self.result_settings(), sort_keys=True).encode()
         digest = hashlib.sha256(encoded).hexdigest()[:8]
         model_stem = re.sub(r"[^A-Za-z0-9]+", "-", Path(self.engine.model).name).strip("-")
-        return f"eval-gsm8k-{model_stem.lower() or 'model'}-{self.data.split}-{digest}"
+        benchmark = slug(self.benchmark) or "data"
+        return f"eval-{benchmark}-{model_stem.lower() or 'model'}-{self.data.split}-{digest}"
 
     def stored_config(self) -> dict[str, Any]:
         """The whole config as stored with the run, the fixed sampling settings included."""
@@ -185,21 +193,22 @@ class PromptedProblem:
 
 
 def load_eval_problems(config: EvalConfig) -> ProblemSet:
-    """The selected problems (GSM8K, or a built-in dataset such as `arith` for the demo);
+    """The selected problems (GSM8K, a built-in dataset such as `arith`, a hub id or a file);
     BadInputError for a missing file or missing columns.
 
     Cheap for a local file: the CLI calls it before loading the model so bad data fails fast.
     """
     data = config.data
-    is_file = data.dataset != GSM8K_HUB_ID and data.dataset not in BUILTIN_DATASETS
-    if is_file and not Path(data.dataset).expanduser().exists():
+    is_gsm8k_file = (config.benchmark == "gsm8k" and data.dataset != GSM8K_HUB_ID
+                     and data.dataset not in BUILTIN_DATASETS)
+    if is_gsm8k_file and not Path(data.dataset).expanduser().exists():
         raise BadInputError(f"--data-file not found: {Path(data.dataset).expanduser().resolve()}")
     return load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
                          limit=data.limit, offset=data.offset, problem_field=data.problem_field,
                          answer_field=data.answer_field)
 
 
-def run_gsm8k_eval(
+def run_eval(
     *,
     store: Store,
     engine: Engine,
@@ -217,7 +226,7 @@ def run_gsm8k_eval(
         problem_set = load_eval_problems(config)
     problems = problem_set.problems
     # A prompt that cannot render (no chat template) is bad input: find out before any write.
-    config.prompt.build(tokenizer, problems[0].problem)
+    config.prompt.build(tokenizer, problems[0].problem, messages=problems[0].messages)
     run_name = config.resolved_run_name()
     run = repository.get_or_create_run(store, name=run_name, kind=RUN_KIND,
                                        model=config.engine.model, config=config.stored_config())
@@ -257,8 +266,8 @@ def run_gsm8k_eval(
     for start in range(0, len(problems), config.batch_size):
         batch = [
             PromptedProblem(problem=problem, problem_id=problem_id,
-                            prompt_token_ids=config.prompt.build(tokenizer,
-                                                                 problem.problem).token_ids)
+                            prompt_token_ids=config.prompt.build(
+                                tokenizer, problem.problem, messages=problem.messages).token_ids)
             for problem, problem_id in zip(problems[start:start + config.batch_size],
                                            problem_ids[start:start + config.batch_size],
                                            strict=True)
