@@ -12,6 +12,7 @@ import pytest
 from cli_runner import run_cli
 from web_store import MARKER, PAYLOAD, build_web_store, injection_tree
 
+from treerpo.store import repository
 from treerpo.store.database import open_store
 from treerpo.web.charts import Series, histogram, line_chart, nice_ticks
 from treerpo.web.markup import esc, script_json
@@ -105,6 +106,16 @@ def test_line_chart_draws_one_marked_point_per_value_and_skips_missing_ones():
     assert "no values" in line_chart(title="t", unit="u", series=[Series("a", [])])
 
 
+def test_step_axes_have_whole_ticks_over_the_whole_run():
+    svg = line_chart(title="t", unit="u", series=[Series("a", [(2, 0.5), (4, 1.0)])],
+                     x_range=(1, 5))
+    labels = re.findall(r'y="\d+" text-anchor="middle">([^<]+)</text>', svg)
+    assert labels == ["1", "2", "3", "4", "5", "step"]
+    one = line_chart(title="t", unit="u", series=[Series("a", [(1, 0.5)])])
+    labels = re.findall(r'y="\d+" text-anchor="middle">([^<]+)</text>', one)
+    assert labels == ["0", "1", "2", "step"]
+
+
 def test_histogram_counts_every_value_once():
     values = [0.0, 0.05, 0.5, 0.99, 1.0, 1.0]
     svg = histogram(title="h", unit="u", values=values, bins=10, low=0.0, high=1.0)
@@ -134,8 +145,21 @@ def test_train_report_has_one_point_per_step_and_links_trees(web):
     assert len(re.findall(r'<tr id="step-\d+">', page)) == 5
     assert f'href="/t/{web.plain_tree.tree_id}"' in page
     for chart in ("reward", "loss", "advantage", "no-signal", "clip", "grad-norm", "lr",
-                  "throughput", "seconds"):
+                  "throughput", "seconds", "eval"):
         assert f'id="chart-{chart}"' in page
+    # Evaluations during training: one point per eval run `train-run-eval-step-S`, at the
+    # share of its greedy records that are correct.
+    expected = []
+    for run in repository.list_runs(web.store, kind="eval"):
+        if run.name.startswith(f"{web.train_run}-eval-step-"):
+            records = repository.list_eval_results(
+                web.store, run_id=repository.find_run(web.store, run.name).id)
+            expected.append((int(run.name.rsplit("-", 1)[1]),
+                             sum(record.correct for record in records) / len(records)))
+    eval_chart = page[page.index('id="chart-eval"'):]
+    points = re.findall(r'data-x="(\d+)" data-y="([^"]+)"', eval_chart.split("</figure>")[0])
+    assert [(int(x), float(y)) for x, y in points] == sorted(expected)
+    assert len(expected) == 2
 
 
 def test_generate_and_eval_reports_escape_model_and_dataset_text(web):

@@ -1,6 +1,7 @@
 """A store with one run of each kind for the web page tests, built through the repository
 (no model): a generate run holding the injection tree and a plain tree, a train run with
-recorded steps, an eval run with a failure whose completion is the injection payload."""
+recorded steps and two evaluations during training, an eval run with a failure whose
+completion is the injection payload."""
 
 from __future__ import annotations
 
@@ -101,6 +102,13 @@ def build_web_store(store: Store, *, steps: int = 5) -> WebStore:
                    "growth_seconds": 1.5}
         repository.record_train_step(store, run_id=train.id, step=step, metrics=metrics,
                                      tree_ids=[trees[step % 2].tree_id])
+    for step, verdicts in ((2, (True, False)), (4, (True, True))):  # evaluations in training
+        during = repository.get_or_create_run(store, name=f"{train.name}-eval-step-{step}",
+                                              kind="eval", model="tiny", config={})
+        repository.write_eval_results(store, run_id=during.id, records=[
+            EvalRecord(problem_id=problem_id, mode="greedy", completions=["\\boxed{5}"],
+                       answers=["5"], vote="5", correct=correct, num_tokens=4)
+            for problem_id, correct in zip(problem_ids, verdicts, strict=True)])
     evaluation = repository.get_or_create_run(store, name="eval-run", kind="eval", model="tiny",
                                               config={})
     repository.write_eval_results(store, run_id=evaluation.id, records=[

@@ -60,9 +60,11 @@ def format_number(value: float) -> str:
 
 
 def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str = "step",
-               chart_id: str = "") -> str:
-    """An SVG line chart: axes with round ticks, the y unit in the axis label, one polyline
-    and one marked point per value of each series, a legend when there are several."""
+               chart_id: str = "", x_range: tuple[float, float] | None = None) -> str:
+    """An SVG line chart: axes with round ticks (whole ones when every x is whole, as steps
+    are), the y unit in the axis label, one polyline and one marked point per value of each
+    series, a legend when there are several. `x_range` widens the x axis (e.g. to all of a
+    run's steps when a series has values at a few of them)."""
     finite = [(x, y) for one in series for x, y in one.points
               if y is not None and math.isfinite(y)]
     header = f'<figure class="chart" id="{attr(chart_id)}"><figcaption>{esc(title)}</figcaption>'
@@ -70,7 +72,17 @@ def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str 
         return header + '<p class="muted">no values recorded</p></figure>'
     xs = [x for x, _ in finite]
     ys = [y for _, y in finite]
-    x_ticks = nice_ticks(min(xs), max(xs))
+    x_low, x_high = min(xs), max(xs)
+    if x_range is not None:
+        x_low, x_high = min(x_low, x_range[0]), max(x_high, x_range[1])
+    x_ticks = nice_ticks(x_low, x_high)
+    if all(float(x).is_integer() for x in xs):
+        whole = [tick for tick in x_ticks if float(tick).is_integer()]
+        if len(whole) < 2:  # one step: a unit either side
+            low_tick, high_tick = math.floor(x_low), math.ceil(x_high)
+            pad = int(low_tick == high_tick)
+            whole = list(range(low_tick - pad, high_tick + 1 + pad))
+        x_ticks = whole
     y_ticks = nice_ticks(min(ys), max(ys))
     x_low, x_high = x_ticks[0], x_ticks[-1]
     y_low, y_high = y_ticks[0], y_ticks[-1]

@@ -1,7 +1,8 @@
 """A run as one HTML page (`treerpo report RUN --html FILE`, `serve`'s run pages).
 
 - train runs: curves of the step metrics the trainer records (inline SVG, see `charts`), the
-  step table, and links to the trees each step trained on;
+  greedy accuracy of the evaluations it made while training (`--eval-dataset`), the step
+  table, and links to the trees each step trained on;
 - generate runs: counts, a histogram of per-tree mean reward, the trees;
 - eval runs: accuracy per mode, a histogram of completion lengths, the failures with their
   completions.
@@ -25,6 +26,7 @@ from treerpo.web.charts import Series, format_number, histogram, line_chart
 from treerpo.web.markup import attr, esc, page
 
 TreeHref = Callable[[int], "str | None"]
+RunHref = Callable[[str], "str | None"]
 # Failures listed with their completions on an eval page; the rest are counted.
 MAX_FAILURES = 200
 # Records listed (one line each) on an eval page.
@@ -60,7 +62,8 @@ CURVES = (
     Curve("throughput", "Update throughput", "trained tokens / s",
           (("tokens/s", "tokens_per_second"),)),
     Curve("seconds", "Time per step", "seconds",
-          (("update", "seconds"), ("tree growth", "growth_seconds"))),
+          (("update", "seconds"), ("tree growth", "growth_seconds"),
+           ("scoring", "scoring_seconds"), ("whole step", "step_seconds"))),
     Curve("kl", "KL to the reference", "nats per token", (("kl", "kl"),)),
 )
 # Columns of the step table: (header, metric, digits).
@@ -70,8 +73,37 @@ STEP_COLUMNS = (
     ("no-signal", "no_signal_group_share", 2), ("clip", "clip_fraction", 3),
     ("grad norm", "grad_norm", 3), ("lr", "learning_rate", None),
     ("tok/s", "tokens_per_second", 0), ("update s", "seconds", 2),
-    ("growth s", "growth_seconds", 2),
+    ("growth s", "growth_seconds", 2), ("scoring s", "scoring_seconds", 2),
 )
+
+
+@dataclass(frozen=True)
+class TrainEvaluation:
+    """One evaluation during training (`train --eval-dataset`): an eval run of its own, named
+    `TRAIN_RUN-eval-step-S` (`training.train_eval`)."""
+
+    step: int
+    run_name: str
+    accuracy: float
+    num_problems: int
+
+
+def train_evaluations(store: Store, run_name: str) -> list[TrainEvaluation]:
+    """The evaluations a train run made while training, by step; greedy accuracy of each."""
+    prefix = f"{run_name}-eval-step-"
+    found = []
+    for run in repository.list_runs(store, kind="eval"):
+        suffix = run.name[len(prefix):] if run.name.startswith(prefix) else ""
+        if not suffix.isdigit():
+            continue
+        eval_run = repository.find_run(store, run.name)
+        records = [record for record in repository.list_eval_results(store, run_id=eval_run.id)
+                   if record.mode == "greedy"]
+        if records:
+            found.append(TrainEvaluation(
+                step=int(suffix), run_name=run.name, num_problems=len(records),
+                accuracy=sum(record.correct for record in records) / len(records)))
+    return sorted(found, key=lambda evaluation: evaluation.step)
 
 
 def step_metrics(step: TrainStepRow) -> dict[str, Any]:
@@ -118,7 +150,8 @@ def _run_facts(run: RunRow, extra: Sequence[tuple[str, str]] = ()) -> str:
 
 
 def train_report_body(run: RunRow, steps: Sequence[TrainStepRow], *,
-                      tree_href: TreeHref) -> str:
+                      evaluations: Sequence[TrainEvaluation], tree_href: TreeHref,
+                      run_href: RunHref) -> str:
     rows = [(step.step, step_metrics(step), step) for step in steps]
     charts = []
     for curve in CURVES:
@@ -130,15 +163,12 @@ def train_report_body(run: RunRow, steps: Sequence[TrainStepRow], *,
         if series:
             charts.append(line_chart(title=curve.title, unit=curve.unit, series=series,
                                      chart_id=f"chart-{curve.chart_id}"))
-    eval_keys = sorted({key for _, metrics, _ in rows for key in metrics
-                        if key.startswith("eval") and _number(metrics[key]) is not None})
-    if eval_keys:
+    if evaluations:
         charts.append(line_chart(
-            title="Eval accuracy", unit="accuracy", chart_id="chart-eval",
-            series=[Series(key, [(number, _number(metrics.get(key)))
-                                 for number, metrics, _ in rows
-                                 if _number(metrics.get(key)) is not None])
-                    for key in eval_keys]))
+            title="Eval accuracy (greedy, during training)", unit="accuracy",
+            chart_id="chart-eval", x_range=(rows[0][0], rows[-1][0]) if rows else None,
+            series=[Series("eval accuracy", [(evaluation.step, evaluation.accuracy)
+                                             for evaluation in evaluations])]))
     last = rows[-1][1] if rows else {}
     extra = [("steps recorded", str(len(rows))),
              ("last on-policy reward", _cell(last.get("on_policy_reward"), 3))]
@@ -152,8 +182,23 @@ def train_report_body(run: RunRow, steps: Sequence[TrainStepRow], *,
                           f'<td class="text">{_tree_links(step.tree_ids, tree_href)}</td>'
                           f'<td class="text mono">{checkpoint}</td></tr>')
     charts_html = "".join(charts) or '<p class="muted">no steps recorded yet</p>'
+    eval_html = ""
+    if evaluations:
+        eval_rows = []
+        for evaluation in evaluations:
+            href = run_href(evaluation.run_name)
+            name = esc(evaluation.run_name)
+            link = f'<a href="{attr(href)}">{name}</a>' if href else name
+            eval_rows.append(f"<tr><td>{evaluation.step}</td><td>{evaluation.accuracy:.1%}</td>"
+                             f'<td>{evaluation.num_problems}</td><td class="text">{link}</td>'
+                             "</tr>")
+        eval_html = ('<h2>Evaluations during training</h2><table class="data" id="evals">'
+                     "<thead><tr><th>step</th><th>accuracy</th><th>problems</th>"
+                     f'<th class="text">eval run</th></tr></thead><tbody>{"".join(eval_rows)}'
+                     "</tbody></table>")
     return (
         f"{_run_facts(run, extra)}<h2>Curves</h2><div class=\"charts\">{charts_html}</div>"
+        f"{eval_html}"
         "<h2>Steps</h2><p class=\"muted\">Rewards are means over the step's leaves "
         "(on-policy: leaves below no forced first token); no-signal: share of sibling groups "
         "whose children all have the same value; update s: the policy update, growth s: "
@@ -264,12 +309,15 @@ def eval_report_body(run: RunRow, records: Sequence[repository.StoredEvalResult]
 
 
 def render_run_report(store: Store, run_name: str, *,
-                      tree_href: TreeHref = lambda tree_id: None, nav: str = "") -> str:
-    """The page of the run called `run_name` (BadInputError if there is none)."""
+                      tree_href: TreeHref = lambda tree_id: None,
+                      run_href: RunHref = lambda name: None, nav: str = "") -> str:
+    """The page of the run called `run_name` (BadInputError if there is none). `tree_href`
+    and `run_href` link trees and other runs (None: not linked)."""
     run = repository.find_run(store, run_name)
     if run.kind == "train":
         body = train_report_body(run, repository.list_train_steps(store, run_id=run.id),
-                                 tree_href=tree_href)
+                                 evaluations=train_evaluations(store, run.name),
+                                 tree_href=tree_href, run_href=run_href)
     elif run.kind == "eval":
         body = eval_report_body(run, repository.list_eval_results(
             store, run_id=run.id, include_completions=True))

@@ -66,7 +66,7 @@ class StorePages:
         if len(parts) == 2 and parts[0] == "runs":
             try:
                 return render_run_report(self.store, parts[1], tree_href=tree_href,
-                                         nav=self.nav())
+                                         run_href=run_href, nav=self.nav())
             except BadInputError as error:
                 raise NotFound(str(error)) from error
         if len(parts) == 2 and parts[0] == "trees" and parts[1].isascii() and parts[1].isdigit():
