@@ -28,7 +28,8 @@ def report(
 
     Train runs: curves of the on-policy and all-leaf reward, loss, mean |advantage|,
     no-signal share, clip fraction, grad norm, learning rate, tokens/s and seconds per step
-    (inline SVG with axes and units), the step table, and the tree pages of the chosen steps
+    (inline SVG with axes and units), the greedy accuracy of evaluations made during training
+    (--eval-dataset), the step table, and the tree pages of the chosen steps
     written beside the report into `FILE-stem-trees/` and linked from the table. Generate runs:
     counts, a histogram of per-tree mean reward, the trees. Eval runs: accuracy per mode, a
     histogram of completion lengths, the failures (first 200) with their completions.
