@@ -83,8 +83,15 @@ def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str 
             pad = int(low_tick == high_tick)
             whole = list(range(low_tick - pad, high_tick + 1 + pad))
         x_ticks = whole
+    if x_low < x_high:  # the axis spans the steps exactly; round ticks inside, and the ends
+        inside = [tick for tick in x_ticks if x_low <= tick <= x_high]
+        for end in (x_low, x_high):
+            if all(abs(end - tick) > 0.08 * (x_high - x_low) for tick in inside):
+                inside.append(end)
+        x_ticks = sorted(inside)
+    else:  # one x: the ticks around it
+        x_low, x_high = x_ticks[0], x_ticks[-1]
     y_ticks = nice_ticks(min(ys), max(ys))
-    x_low, x_high = x_ticks[0], x_ticks[-1]
     y_low, y_high = y_ticks[0], y_ticks[-1]
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
@@ -125,7 +132,7 @@ def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str 
         dash = ' stroke-dasharray="6 4"' if number else ""
         parts.append(f'<polyline class="line" fill="none" stroke="{colour}" '
                      f'stroke-width="1.6"{dash} points="{path}"/>')
-        radius = 2.5 if len(points) <= 200 else 1.2
+        radius = 2.5 if len(points) <= 60 else 1.4
         for x, y in points:
             parts.append(
                 f'<circle class="pt" data-series="{attr(one.label)}" data-x="{x:g}" '
