@@ -30,6 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from treerpo.engines.tree_attention import TREE_ATTENTION, tree_attention_layout
 from treerpo.training.loss import Aggregation, ppo_tree_loss
 from treerpo.training.packing import (
     PackedSequence,
@@ -40,7 +41,7 @@ from treerpo.training.packing import (
 )
 from treerpo.trees import Tree
 
-_DENSE_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+TREE_MASK_IMPLEMENTATIONS = (TREE_ATTENTION, "flex_attention", "sdpa", "eager")
 
 
 def packed_token_logprobs(
@@ -57,9 +58,9 @@ def packed_token_logprobs(
         output = model(
             input_ids=input_ids[None],  # (1, L)
             position_ids=pack.position_ids.to(device)[None],  # (1, L)
-            attention_mask=_tree_attention_mask(model=model, pack=pack, device=device),
             logits_to_keep=predictor_indices,
             use_cache=False,
+            **_tree_attention_arguments(model=model, pack=pack, device=device),
         )
         logits = output.logits[0].float() / logprob_temperature  # (N, V)
         target_ids = input_ids[pack.trained_token_indices.to(device)]  # (N,)
@@ -129,18 +130,30 @@ def packed_tree_loss(
     )
 
 
-def _tree_attention_mask(*, model, pack: PackedSequence, device: torch.device):
-    """The 4-D tree mask in the form `model`'s attention implementation takes (module docstring)."""
+def _tree_attention_arguments(*, model, pack: PackedSequence, device: torch.device) -> dict:
+    """The model-call keyword arguments that carry the tree attention of `pack` in the form
+    `model`'s attention implementation takes (module docstring)."""
     implementation = model.config._attn_implementation
     if implementation == "sdpa":
-        return dense_attention_mask(pack=pack, dtype=torch.bool, device=device)  # (1, 1, L, L)
+        return {"attention_mask": dense_attention_mask(pack=pack, dtype=torch.bool,
+                                                       device=device)}  # (1, 1, L, L)
     if implementation == "eager":
-        return dense_attention_mask(pack=pack, dtype=model.dtype, device=device)  # (1, 1, L, L)
+        return {"attention_mask": dense_attention_mask(pack=pack, dtype=model.dtype,
+                                                       device=device)}  # (1, 1, L, L)
     if implementation == "flex_attention":
-        return _flex_block_mask(pack=pack, device=device)
+        return {"attention_mask": _flex_block_mask(pack=pack, device=device)}
+    if implementation == TREE_ATTENTION:
+        length = pack.num_tokens
+        # A 4-D mask is passed through untouched by transformers' mask creation; this one is a
+        # zero-stride view (no memory): the tree attention reads `tree_layout` instead.
+        placeholder = torch.ones((), dtype=torch.bool, device=device).expand(1, 1, length, length)
+        return {"attention_mask": placeholder,
+                "tree_layout": tree_attention_layout(
+                    segment_ids=pack.segment_ids,
+                    ancestor_or_self=pack.ancestor_or_self).to(device)}
     raise ValueError(
         f"attention implementation {implementation!r} takes no custom tree mask; load the model "
-        f"with attn_implementation set to one of {(*_DENSE_MASK_IMPLEMENTATIONS, 'flex_attention')}"
+        f"with attn_implementation set to one of {TREE_MASK_IMPLEMENTATIONS}"
     )
 
 
