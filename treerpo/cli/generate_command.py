@@ -40,6 +40,7 @@ def generate(
         "--batch-size", help="Problems grown together (their requests share every wave).")] = 16,
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
+    attn_implementation: opt.AttnImplementation = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 0,
     generation_batch_size: opt.GenerationBatchSize = 64,

@@ -44,6 +44,12 @@ EngineOpt = Annotated[str, typer.Option(
     "--engine", help="auto (vLLM when importable with a GPU, else hf), hf or vllm.")]
 TorchDtype = Annotated[str, typer.Option(
     "--torch-dtype", help="auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU).")]
+AttnImplementation = Annotated[str, typer.Option(
+    "--attn-implementation",
+    help="Attention kernel: auto, tree, flex_attention, sdpa or eager. auto: for the packed "
+    "training forward FlexAttention with a block-sparse tree mask on CUDA and treerpo's tree "
+    "attention on CPU (both compute only what each token sees); sdpa for generation. vLLM "
+    "uses its own kernels.")]
 TrustRemoteCode = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow model code from the model repository (off by default).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed (sampling and alternatives).")]
@@ -129,8 +135,8 @@ def prompt_settings(**values: Any) -> PromptSettings:
 
 DATA_FLAGS = ("dataset", "split", "dataset_config", "limit", "offset", "problem_field",
               "answer_field")
-ENGINE_FLAGS = ("model", "engine", "torch_dtype", "trust_remote_code", "seed",
-                "generation_batch_size", "gpu_memory_utilization", "max_model_len",
+ENGINE_FLAGS = ("model", "engine", "torch_dtype", "attn_implementation", "trust_remote_code",
+                "seed", "generation_batch_size", "gpu_memory_utilization", "max_model_len",
                 "enable_prefix_caching", "logprob_temperature")
 PROMPT_FLAGS = ("system_prompt", "prompt_template")
 TREE_FLAGS = ("rollout", "branching", "num_generations", "max_depth", "min_segment_len",

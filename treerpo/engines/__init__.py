@@ -10,7 +10,7 @@ import importlib.util
 from typing import TYPE_CHECKING, Literal
 
 from treerpo.engines.base import Engine, GenerationRequest, GenerationResult, SamplingSettings
-from treerpo.engines.loading import TorchDtypeName
+from treerpo.engines.loading import AttnImplementationName, TorchDtypeName
 from treerpo.errors import BadInputError
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ def create_engine(
     model: str,
     seed: int,
     torch_dtype: TorchDtypeName = "auto",
+    attn_implementation: AttnImplementationName = "auto",
     trust_remote_code: bool = False,
     logprob_temperature: float = 1.0,
     batch_size: int = 64,
@@ -77,9 +78,10 @@ def create_engine(
 ):
     """Load `model` into the named engine; returns `(engine, tokenizer)`.
 
-    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`
-    and `max_logprobs` to vLLM; `enable_prefix_caching` to both (the HF engine keeps the KV of
-    the previous call's rows for the next wave). Errors are `BadInputError`s.
+    `batch_size`, `device` and `attn_implementation` apply to the HF engine;
+    `gpu_memory_utilization`, `max_model_len` and `max_logprobs` to vLLM;
+    `enable_prefix_caching` to both (the HF engine keeps the KV of the previous call's rows for
+    the next wave). Errors are `BadInputError`s.
     """
     from treerpo.engines.loading import (
         eos_token_ids,
@@ -112,7 +114,8 @@ def create_engine(
 
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     policy = load_policy(
-        model, torch_dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code
+        model, torch_dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
     )
     engine = HFEngine(
         policy,
@@ -136,6 +139,7 @@ def create_engine_from_config(
         model=config.model,
         seed=config.seed,
         torch_dtype=config.torch_dtype,
+        attn_implementation=config.attn_implementation,
         trust_remote_code=config.trust_remote_code,
         logprob_temperature=resolve_logprob_temperature(
             config.logprob_temperature, sampling_temperature=sampling_temperature),

@@ -2,9 +2,9 @@
 
 A packed tree (see `treerpo.training.packing`, which builds the segment structure this module
 reads: each token's segment and each segment's ancestors) lets a token attend to its own
-segment's earlier tokens and to its ancestors' tokens. The dense `(L, L)` mask that sdpa and eager attention take
-computes every pair and throws most away: on a seed-shaped tree a token sees about a fifth of
-the pack. This module computes only what a token sees:
+segment's earlier tokens and to its ancestors' tokens. The dense `(L, L)` mask that sdpa and
+eager attention take computes every pair and throws most away: on a seed-shaped tree a token
+sees about a fifth of the pack. This module computes only what a token sees:
 
 1. Each segment is cut into query *tiles* of at most `tile_size` tokens (evenly: a 150-token
    segment with tile_size 128 gives two tiles of 75).
