@@ -62,11 +62,28 @@ def packed_token_logprobs(
             use_cache=False,
             **_tree_attention_arguments(model=model, pack=pack, device=device),
         )
-        logits = output.logits[0].float() / logprob_temperature  # (N, V)
         target_ids = input_ids[pack.trained_token_indices.to(device)]  # (N,)
-        target_logits = logits.gather(-1, target_ids[:, None]).squeeze(-1)  # (N,)
-        results.append(target_logits - torch.logsumexp(logits, dim=-1))  # (N,)
+        results.append(target_token_logprobs(logits=output.logits[0], target_ids=target_ids,
+                                             logprob_temperature=logprob_temperature))  # (N,)
     return results
+
+
+def target_token_logprobs(
+    *, logits: Tensor, target_ids: Tensor, logprob_temperature: float | Tensor = 1.0
+) -> Tensor:
+    """log_softmax(logits / logprob_temperature)[target] in float32: (N, V), (N,) -> (N,).
+
+    Written as a cross-entropy, whose backward is one fused pass over the (N, V) logits (softmax
+    minus one-hot) instead of separate gather, logsumexp and division backwards: with a 32k
+    vocabulary those (N, V) passes cost as much as a few decoder layers. A temperature of 1 skips
+    the division. `logprob_temperature` may be a scalar or (N,) per token.
+    """
+    logits = logits.float()  # (N, V)
+    if isinstance(logprob_temperature, Tensor):
+        logits = logits / logprob_temperature[:, None]  # (N, V)
+    elif logprob_temperature != 1.0:
+        logits = logits / logprob_temperature  # (N, V)
+    return -torch.nn.functional.cross_entropy(logits, target_ids, reduction="none")  # (N,)
 
 
 def packed_tree_loss(

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from treerpo.training.loss import Aggregation, aggregation_weights, ppo_tree_loss
+from treerpo.training.packed_forward import target_token_logprobs
 from treerpo.trees import Tree
 
 
@@ -119,7 +120,8 @@ def path_token_logprobs(*, model, rows: list[PathRow]) -> Tensor:
     """Logprobs of the rows' trained tokens, rows concatenated in order: (N,) float32.
 
     One right-padded causal forward of the decoder; the LM head runs only on the N predictor
-    rows, and the log-softmax is float32 of logits / each tree's logprob temperature.
+    rows, and the log-softmax is float32 of logits / each tree's logprob temperature (the packed
+    forward's `target_token_logprobs`).
     """
     device = model.device
     longest = max(len(row.input_ids) for row in rows)
@@ -141,9 +143,10 @@ def path_token_logprobs(*, model, rows: list[PathRow]) -> Tensor:
     ])).to(device)  # (N,)
     targets = torch.from_numpy(np.concatenate([r.target_ids for r in rows])).to(device)  # (N,)
     logits = model.get_output_embeddings()(hidden[batch_index, positions])  # (N, V)
-    logits = logits.float() / temperatures[:, None]  # (N, V)
-    target_logits = logits.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-    return target_logits - torch.logsumexp(logits, dim=-1)  # (N,)
+    if bool((temperatures == 1.0).all()):
+        return target_token_logprobs(logits=logits, target_ids=targets)  # (N,)
+    return target_token_logprobs(logits=logits, target_ids=targets,
+                                 logprob_temperature=temperatures)  # (N,)
 
 
 def paths_update(
