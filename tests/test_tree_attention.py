@@ -305,3 +305,25 @@ def test_flex_attention_with_the_tree_block_mask_equals_dense_attention(tree):
         expected = torch.nn.functional.scaled_dot_product_attention(
             query, key, value, attn_mask=dense_attention_mask(pack=pack))
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention path: CUDA only")
+@pytest.mark.parametrize("implementation", ["flex_attention", "tree"])
+def test_sharp_model_gradients_on_cuda(implementation):
+    """On a GPU (scripts/gpu_check.sh): packed logprobs and gradients with FlexAttention's
+    block-sparse tree mask (and the tree attention) equal the paths baseline's."""
+    model = _sharp_model().to("cuda")
+    rng = np.random.default_rng(5)
+    trees = [_scored_tree(rng=rng, vocab_size=600) for _ in range(2)]
+    model.config._attn_implementation = implementation
+    for tree in trees:
+        assert_packed_equals_per_path_sharp(model=model, tree=tree, max_packed_tokens=None)
+
+    def packed():
+        packed_tree_loss(model=model, trees=trees)[0].backward()
+
+    model.config._attn_implementation = "sdpa"
+    reference = _gradient(model, lambda: paths_update(model=model, trees=trees))
+    model.config._attn_implementation = implementation
+    cosine = torch.nn.functional.cosine_similarity(_gradient(model, packed), reference, dim=0)
+    assert cosine >= 0.9999

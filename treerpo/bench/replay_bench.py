@@ -43,6 +43,7 @@ from treerpo.bench.peak_memory import measure_peak_memory, release_freed_memory
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.engines.loading import resolve_attn_implementation
 from treerpo.engines.tree_attention import register_tree_attention
+from treerpo.errors import BadInputError
 from treerpo.scoring.values import apply_scores
 from treerpo.tiny_model import build_random_model, build_tokenizer
 from treerpo.training.naive import naive_tree_update
@@ -227,6 +228,12 @@ def run_replay_bench(
     on_round: Callable[[int, str, float], None] | None = None,
 ) -> ReplayBenchResult:
     """Build the model and trees, check exactness, then time `rounds` interleaved rounds."""
+    if device not in ("cpu", "cuda"):
+        raise BadInputError(f"--device must be cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda: no CUDA GPU is available")
+    if bf16_autocast and device != "cuda":
+        raise BadInputError("--bf16 times under CUDA autocast: use it with --device cuda")
     torch_device = torch.device(device)
     attention = resolve_attn_implementation(attn_implementation, device=torch_device,
                                             training=True)
