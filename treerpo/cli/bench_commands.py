@@ -210,37 +210,38 @@ def bench_replay(
         return
     measured = result.measurements
     rows = [
-        ("device / packed attention / autocast",
-         f"{result.device} / {result.attn_implementation} / {result.autocast}", ""),
-        ("model: layers x width, vocab, logit std",
-         f"{result.num_layers} x {result.hidden_size}, {result.vocab_size:,}, "
-         f"{result.logit_std:.2f}", ""),
-        ("trees / nodes / longest path tokens",
-         f"{result.num_trees} / {result.num_nodes} / {result.max_path_tokens:,}", ""),
-        ("tokens: unique / packed / paths / groups",
-         f"{result.unique_tokens:,} / {result.packed_tokens:,} / {result.path_tokens:,} / "
+        ("device, attention, autocast",
+         f"{result.device}, {result.attn_implementation}, {result.autocast}", ""),
+        ("layers × width, vocab, logit std",
+         f"{result.num_layers} × {result.hidden_size}, {result.vocab_size:,}, "
+         f"{result.logit_std:.1f}", ""),
+        ("trees, nodes, longest path",
+         f"{result.num_trees}, {result.num_nodes}, {result.max_path_tokens:,}", ""),
+        ("tokens unique/packed/paths/groups",
+         f"{result.unique_tokens:,}/{result.packed_tokens:,}/{result.path_tokens:,}/"
          f"{result.groups_tokens:,}", ""),
     ]
     if result.attended_share:
-        rows.append(("tree attention: pairs computed / L²", f"{result.attended_share:.3f}", ""))
+        rows.append(("tree attention pairs / L²", f"{result.attended_share:.3f}", ""))
     for method in METHODS:
-        rows.append((f"{method}: wall s / CPU s / peak MB (median of {result.rounds})",
-                     f"{measured[method].median_wall:.3f} / {measured[method].median_cpu:.3f} / "
+        rows.append((f"{method} wall s, CPU s, peak MB",
+                     f"{measured[method].median_wall:.2f}, {measured[method].median_cpu:.2f}, "
                      f"{measured[method].max_peak_mb:,.0f}", ""))
     rows += [
-        ("speedup vs paths: wall / CPU",
-         f"{result.speedup('paths'):.2f}× / {result.speedup('paths', clock='cpu'):.2f}×", ""),
-        ("speedup vs groups: wall / CPU",
-         f"{result.speedup('groups'):.2f}× / {result.speedup('groups', clock='cpu'):.2f}×", ""),
-        ("token ratio limit (paths / unique)", f"{result.token_ratio_limit:.2f}", ""),
-        ("efficiency (speedup vs paths / limit)", f"{result.efficiency:.2f}", "≥ 0.8"),
-        ("packed / paths peak MB", f"{measured['packed'].max_peak_mb:,.0f} / "
+        ("speedup vs paths (wall, CPU)",
+         f"{result.speedup('paths'):.2f}×, {result.speedup('paths', clock='cpu'):.2f}×", ""),
+        ("speedup vs groups (wall, CPU)",
+         f"{result.speedup('groups'):.2f}×, {result.speedup('groups', clock='cpu'):.2f}×", ""),
+        ("token ratio limit (paths/unique)", f"{result.token_ratio_limit:.2f}", ""),
+        ("efficiency (speedup/limit, wall)", f"{result.efficiency:.2f}", "≥ 0.8"),
+        ("peak MB packed / paths", f"{measured['packed'].max_peak_mb:,.0f} / "
          f"{measured['paths'].max_peak_mb:,.0f}", "packed ≤ paths"),
-        ("max |logprob diff| (fp32)", f"{result.max_abs_logprob_diff:.2e}", "≤ 2e-5"),
-        ("gradient cosine vs paths / groups",
+        ("max |Δ logprob| (fp32)", f"{result.max_abs_logprob_diff:.2e}", "≤ 2e-5"),
+        ("grad cosine vs paths / groups",
          f"{result.grad_cosine_paths:.6f} / {result.grad_cosine_groups:.6f}", "≥ 0.9999"),
     ]
-    stdout_console().print(_goal_table("bench replay", rows))
+    stdout_console().print(_goal_table(
+        f"bench replay (medians of {result.rounds} interleaved rounds)", rows))
 
 
 @bench_app.command("learn")
