@@ -327,3 +327,21 @@ def test_sharp_model_gradients_on_cuda(implementation):
     model.config._attn_implementation = implementation
     cosine = torch.nn.functional.cosine_similarity(_gradient(model, packed), reference, dim=0)
     assert cosine >= 0.9999
+
+
+def test_a_model_that_drops_the_layout_is_refused_not_run_unmasked(tree_model):
+    """The placeholder mask without a `tree_layout` (a model whose code does not pass keyword
+    arguments down) raises instead of attending to everything."""
+    from treerpo.engines.tree_attention import (
+        _tree_attention_forward,
+        is_tree_placeholder,
+        tree_placeholder_mask,
+    )
+
+    placeholder = tree_placeholder_mask(length=5, device="cpu")
+    assert is_tree_placeholder(placeholder)
+    assert not is_tree_placeholder(torch.ones(1, 1, 5, 5, dtype=torch.bool).tril())
+    attention = tree_model.model.layers[0].self_attn
+    states = torch.zeros(1, 4, 5, 8)
+    with pytest.raises(ValueError, match="did not hand the `tree_layout`"):
+        _tree_attention_forward(attention, states, states[:, :2], states[:, :2], placeholder)

@@ -27,7 +27,8 @@ A model loaded with `attn_implementation="tree"` behaves exactly like sdpa in ev
 does not carry a `tree_layout` keyword argument (generation, plain forwards). The packed forward
 passes its `TreeAttentionLayout` as `tree_layout=` through the model call (transformers hands
 model keyword arguments down to the attention function), plus a zero-memory 4-D placeholder as
-`attention_mask` so that no dense mask is ever built.
+`attention_mask` so that no dense mask is ever built. A model whose code drops the keyword gets
+the placeholder without a layout, which is refused with an error rather than run unmasked.
 
 On CUDA, FlexAttention with a block-sparse mask does the same job in one fused kernel (see
 `treerpo.training.packed_forward`); torch's FlexAttention has no CPU backward (torch 2.13 raises
@@ -218,6 +219,12 @@ def _tree_attention_forward(module, query, key, value, attention_mask, dropout: 
                             scaling: float | None = None, **kwargs):
     """transformers' attention-function signature; sdpa for calls without a `tree_layout`."""
     layout = kwargs.pop("tree_layout", None)
+    if layout is None and is_tree_placeholder(attention_mask):
+        raise ValueError(
+            f"{type(module).__name__} did not hand the `tree_layout` keyword down to its "
+            "attention: this model cannot use the tree attention; load it with "
+            "attn_implementation sdpa (dense tree mask) instead"
+        )
     if layout is None:
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -230,6 +237,19 @@ def _tree_attention_forward(module, query, key, value, attention_mask, dropout: 
     output = tree_attention(query=query, key=key, value=value, layout=layout, scaling=scaling,
                             dropout=dropout if module.training else 0.0)
     return output, None
+
+
+def tree_placeholder_mask(*, length: int, device: torch.device | str) -> Tensor:
+    """The `attention_mask` that goes with `tree_layout`: 4-D, so transformers' mask creation
+    passes it through untouched, and zero-stride (no memory). A constant L x L mask (L > 1) is
+    never a real causal mask, so a model that drops `tree_layout` is caught, not run unmasked."""
+    return torch.ones((), dtype=torch.bool, device=device).expand(1, 1, length, length)
+
+
+def is_tree_placeholder(attention_mask) -> bool:
+    return (isinstance(attention_mask, Tensor) and attention_mask.dim() == 4
+            and attention_mask.shape[-1] > 1 and attention_mask.shape[-2] > 1
+            and all(stride == 0 for stride in attention_mask.stride()))
 
 
 def register_tree_attention() -> None:

@@ -10,14 +10,18 @@ an attention mask that is already 4-D `(batch, 1, q_len, kv_len)` as-is ("custom
 attention function receives it unchanged. What it must look like depends on the attention
 implementation in `model.config._attn_implementation`:
 
-- "sdpa" (the default on CPU, and the tested path): a boolean mask, True = attend, handed to
-  `torch.nn.functional.scaled_dot_product_attention`;
-- "eager": an additive float mask (0 / most negative value), added to the scores;
-- "flex_attention" (CUDA only here): a FlexAttention `BlockMask` built from the pack's compact
-  representation, so masked-out blocks (other branches of the tree) are skipped rather than
-  computed. Memory then grows with the kept blocks, not L^2. This path cannot run on the CPU test
-  machines; it is kept small and is only used when the model was loaded with
-  `attn_implementation="flex_attention"`.
+- "tree" (the training default on CPU, `treerpo.engines.tree_attention`): no dense mask; the
+  pack's tile layout goes to the model as the `tree_layout` keyword, with a zero-memory
+  placeholder as the 4-D mask, and attention costs what each token can see;
+- "flex_attention" (the training default on CUDA): a FlexAttention `BlockMask` built with
+  `create_block_mask` from a `mask_mod` over the pack's compact representation (segment ids and
+  the ancestor matrix), so masked-out blocks (other branches of the tree) are skipped rather
+  than computed, and memory grows with the kept blocks, not L^2. torch's FlexAttention has no
+  CPU backward, so this path trains only on CUDA (`scripts/gpu_check.sh`); on CPU the tests run
+  its forward uncompiled;
+- "sdpa": a dense boolean `(1, 1, L, L)` mask, True = attend, handed to
+  `torch.nn.functional.scaled_dot_product_attention` (every L^2 pair is computed);
+- "eager": the same as an additive float mask (0 / most negative value), added to the scores.
 
 Flash-attention implementations take no arbitrary mask and are refused with a clear error.
 
@@ -30,7 +34,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from treerpo.engines.tree_attention import TREE_ATTENTION, tree_attention_layout
+from treerpo.engines.tree_attention import (
+    TREE_ATTENTION,
+    tree_attention_layout,
+    tree_placeholder_mask,
+)
 from treerpo.training.loss import Aggregation, ppo_tree_loss
 from treerpo.training.packing import (
     PackedSequence,
@@ -160,11 +168,7 @@ def _tree_attention_arguments(*, model, pack: PackedSequence, device: torch.devi
     if implementation == "flex_attention":
         return {"attention_mask": _flex_block_mask(pack=pack, device=device)}
     if implementation == TREE_ATTENTION:
-        length = pack.num_tokens
-        # A 4-D mask is passed through untouched by transformers' mask creation; this one is a
-        # zero-stride view (no memory): the tree attention reads `tree_layout` instead.
-        placeholder = torch.ones((), dtype=torch.bool, device=device).expand(1, 1, length, length)
-        return {"attention_mask": placeholder,
+        return {"attention_mask": tree_placeholder_mask(length=pack.num_tokens, device=device),
                 "tree_layout": tree_attention_layout(
                     segment_ids=pack.segment_ids,
                     ancestor_or_self=pack.ancestor_or_self).to(device)}
