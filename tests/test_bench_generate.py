@@ -30,6 +30,8 @@ def test_bench_generate_json_reports_no_waste_and_a_finite_ratio() -> None:
     assert figures["flat_tokens"] > 0
     ratio = figures["seconds_per_leaf_ratio"]
     assert math.isfinite(ratio) and ratio > 0
+    assert len(figures["round_ratios"]) == 3  # the default rounds; the ratio is their median
+    assert sorted(figures["round_ratios"])[1] == ratio
 
 
 def test_bench_generate_table_shows_the_goals(tmp_path) -> None:

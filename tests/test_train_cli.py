@@ -196,3 +196,22 @@ def test_chained_logprob_temperature_conflicts_are_refused_before_the_store_open
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert result.stderr.count("\n") == 1
     assert not db_path.exists() and not (tmp_path / "out").exists()
+
+
+def test_attention_implementations_train_alike_and_flex_needs_a_gpu(tiny_model_dir, db_url,
+                                                                    tmp_path):
+    """`--attn-implementation` reaches the trainer's model: tree (auto on CPU), sdpa and eager
+    give the same first-step loss on the same trees; flex_attention on CPU is bad input."""
+    write_scored_trees(db_url=db_url, model_dir=tiny_model_dir, rewards=MIXED_REWARDS[:2])
+    losses = {}
+    for implementation in ("auto", "tree", "sdpa", "eager"):
+        output_dir = tmp_path / implementation
+        result = _train(tiny_model_dir, db_url, output_dir, "--attn-implementation",
+                        implementation, "--max-steps", "1", "--logging-steps", "1", "--json")
+        assert result.exit_code == 0, result.stderr
+        losses[implementation] = json.loads(
+            (output_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    assert max(losses.values()) - min(losses.values()) < 1e-5, losses
+    result = _train(tiny_model_dir, db_url, tmp_path / "flex", "--attn-implementation",
+                    "flex_attention", "--max-steps", "1")
+    assert result.exit_code == 2 and "needs a CUDA GPU" in result.stderr, result.stderr

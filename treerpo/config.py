@@ -23,6 +23,9 @@ from treerpo.problems.prompts import PromptSettings
 
 EngineName = Literal["auto", "hf", "vllm"]
 TorchDtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+# Attention kernel (engines.loading.resolve_attn_implementation): "auto" = FlexAttention for
+# training on CUDA, treerpo's tree attention for training on CPU, sdpa for generation.
+AttnImplementationName = Literal["auto", "tree", "flex_attention", "sdpa", "eager"]
 # Which logits the behaviour logprobs (stored with every tree) and the trainer's new logprobs are
 # the log-softmax of (DESIGN step 10). "raw": the logits as the model gives them
 # (logprob_temperature 1.0, vLLM's default logprobs). "sampling": the logits divided by the
@@ -58,6 +61,7 @@ class EngineConfig(_Strict):
     model: str
     engine: EngineName = "auto"
     torch_dtype: TorchDtypeName = "auto"
+    attn_implementation: AttnImplementationName = "auto"
     trust_remote_code: bool = False
     seed: int = 0
     # raw or sampling (see LogprobTemperatureMode); the value an engine is built with comes from

@@ -15,7 +15,12 @@ short request per problem. Then, with a fresh `HFEngine` of the same seed each t
 2. sample `rollout="flat"` with G = round(L / problems) (at least 2) samples per problem, all in
    one batch as GRPO would, timed. Both use the same sampling settings and `max_new_tokens`.
 
-Seconds per leaf divides each time by its own number of leaves (P·G differs from L by rounding).
+Both run `rounds` times (3 by default), interleaved: tree then flat in the first round, flat then
+tree in the second, and so on, so that neither always runs first or under the same neighbours'
+load. A fresh engine of the same seed grows the same trees and samples the same tokens every
+round. Seconds per leaf divides each time by its own number of leaves (P·G differs from L by
+rounding); the reported ratio is the median over rounds of each round's tree ÷ flat ratio, and
+the reported times are the medians of the rounds.
 Wall time is the goal's measure; the CPU time of this process is reported beside it because it
 barely moves when other processes share the cores. Tokens per leaf, tree ÷ flat, is what the time
 ratio would be if a run cost exactly the tokens it decodes. It does not: a tree decodes in several
@@ -51,6 +56,7 @@ turn to noise; one thread gives a per-token cost that does not depend on the nei
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +116,8 @@ class GenerateBenchResult:
     flat: GrowthStats
     flat_seconds: float
     flat_cpu_seconds: float
+    round_ratios: tuple[float, ...]  # per round: tree s per leaf ÷ flat s per leaf (wall)
+    round_cpu_ratios: tuple[float, ...]
 
     @property
     def waste_ratio(self) -> float:
@@ -125,12 +133,12 @@ class GenerateBenchResult:
 
     @property
     def seconds_per_leaf_ratio(self) -> float:
-        return self.tree_seconds_per_leaf / self.flat_seconds_per_leaf
+        """Median over rounds of tree s per leaf ÷ flat s per leaf (wall clock)."""
+        return statistics.median(self.round_ratios)
 
     @property
     def cpu_seconds_per_leaf_ratio(self) -> float:
-        tree_per_leaf = self.tree_cpu_seconds / self.tree.num_leaves
-        return tree_per_leaf / (self.flat_cpu_seconds / self.flat.num_leaves)
+        return statistics.median(self.round_cpu_ratios)
 
     @property
     def tokens_per_leaf_ratio(self) -> float:
@@ -180,6 +188,7 @@ def run_generate_bench(
     data_file: Path | None = None,
     threads: int = 1,
     batch_size: int = 64,
+    rounds: int = 3,
 ) -> GenerateBenchResult:
     """Grow trees, then flat-sample as many leaves, with the same engine (see module doc)."""
     import torch
@@ -225,31 +234,45 @@ def run_generate_bench(
             entropy_threshold=float(np.median(warmup_entropies)),
         )
 
-        started, cpu_started = time.perf_counter(), time.process_time()
-        _, tree_stats = grow_trees(engine=fresh_engine(), tokenizer=tokenizer, prompts=prompts,
-                                   settings=settings, sampling=sampling, seed=seed)
-        tree_seconds = time.perf_counter() - started
-        tree_cpu_seconds = time.process_time() - cpu_started
+        def timed(rollout_settings: TreeSettings) -> tuple[float, float, GrowthStats]:
+            started, cpu_started = time.perf_counter(), time.process_time()
+            _, stats = grow_trees(engine=fresh_engine(), tokenizer=tokenizer, prompts=prompts,
+                                  settings=rollout_settings, sampling=sampling, seed=seed)
+            return time.perf_counter() - started, time.process_time() - cpu_started, stats
 
-        flat_settings = settings.model_copy(update={
-            "rollout": "flat",
-            "num_generations": max(2, round(tree_stats.num_leaves / len(prompts))),
-        })
-        started, cpu_started = time.perf_counter(), time.process_time()
-        _, flat_stats = grow_trees(engine=fresh_engine(), tokenizer=tokenizer, prompts=prompts,
-                                   settings=flat_settings, sampling=sampling, seed=seed)
-        flat_seconds = time.perf_counter() - started
-        flat_cpu_seconds = time.process_time() - cpu_started
+        tree_runs: list[tuple[float, float, GrowthStats]] = []
+        flat_runs: list[tuple[float, float, GrowthStats]] = []
+        flat_settings = None
+        for round_number in range(rounds):
+            for rollout in (("tree", "flat") if round_number % 2 == 0 else ("flat", "tree")):
+                if rollout == "tree":
+                    tree_runs.append(timed(settings))
+                    continue
+                if flat_settings is None:
+                    flat_settings = settings.model_copy(update={
+                        "rollout": "flat",
+                        "num_generations": max(2, round(tree_runs[0][2].num_leaves
+                                                        / len(prompts))),
+                    })
+                flat_runs.append(timed(flat_settings))
     finally:
         torch.set_num_threads(threads_before)
+    tree_stats, flat_stats = tree_runs[0][2], flat_runs[0][2]
+
+    def per_leaf_ratios(clock: int) -> tuple[float, ...]:
+        return tuple((tree[clock] / tree[2].num_leaves) / (flat[clock] / flat[2].num_leaves)
+                     for tree, flat in zip(tree_runs, flat_runs, strict=True))
+
     return GenerateBenchResult(
         problems=len(prompts),
         model_parameters=sum(parameter.numel() for parameter in model.parameters()),
         tree_settings=settings,
         tree=tree_stats,
-        tree_seconds=tree_seconds,
-        tree_cpu_seconds=tree_cpu_seconds,
+        tree_seconds=statistics.median(run[0] for run in tree_runs),
+        tree_cpu_seconds=statistics.median(run[1] for run in tree_runs),
         flat=flat_stats,
-        flat_seconds=flat_seconds,
-        flat_cpu_seconds=flat_cpu_seconds,
+        flat_seconds=statistics.median(run[0] for run in flat_runs),
+        flat_cpu_seconds=statistics.median(run[1] for run in flat_runs),
+        round_ratios=per_leaf_ratios(0),
+        round_cpu_ratios=per_leaf_ratios(1),
     )

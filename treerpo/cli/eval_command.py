@@ -81,6 +81,7 @@ def gsm8k(
     bf16: opt.Bf16 = False,
     fp16: opt.Fp16 = False,
     use_vllm: opt.UseVllm = False,
+    attn_implementation: opt.AttnImplementation = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 0,
     generation_batch_size: opt.GenerationBatchSize = 64,
@@ -121,6 +122,7 @@ def gsm8k(
         engine=opt.engine_config(
             model=model, engine=opt.trl_engine(engine, use_vllm=use_vllm),
             torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
+            attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, seed=seed,
             generation_batch_size=generation_batch_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
@@ -149,6 +151,7 @@ def dataset(
     bf16: opt.Bf16 = False,
     fp16: opt.Fp16 = False,
     use_vllm: opt.UseVllm = False,
+    attn_implementation: opt.AttnImplementation = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 0,
     generation_batch_size: opt.GenerationBatchSize = 64,
@@ -182,6 +185,7 @@ def dataset(
         engine=opt.engine_config(
             model=model, engine=opt.trl_engine(engine, use_vllm=use_vllm),
             torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
+            attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, seed=seed,
             generation_batch_size=generation_batch_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),

@@ -45,6 +45,7 @@ def generate(
     bf16: opt.Bf16 = False,
     fp16: opt.Fp16 = False,
     use_vllm: opt.UseVllm = False,
+    attn_implementation: opt.AttnImplementation = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 0,
     generation_batch_size: opt.GenerationBatchSize = 64,

@@ -68,6 +68,12 @@ EngineOpt = Annotated[str, typer.Option(
 TorchDtype = Annotated[str, typer.Option(
     "--torch-dtype", help="auto, bfloat16, float16 or float32 (auto: bf16 on GPU, fp32 on CPU).",
     rich_help_panel=ENGINE)]
+AttnImplementation = Annotated[str, typer.Option(
+    "--attn-implementation",
+    help="Attention kernel: auto, tree, flex_attention, sdpa or eager. auto: for the packed "
+    "training forward FlexAttention with a block-sparse tree mask on CUDA and treerpo's tree "
+    "attention on CPU (both compute only what each token sees); sdpa for generation. vLLM "
+    "uses its own kernels.", rich_help_panel=ENGINE)]
 TrustRemoteCode = Annotated[bool, typer.Option(
     "--trust-remote-code", help="Allow model code from the model repository (off by default).",
     rich_help_panel=ENGINE)]
@@ -253,8 +259,8 @@ def prompt_settings(**values: Any) -> PromptSettings:
 
 DATA_FLAGS = ("dataset", "split", "dataset_config", "limit", "offset", "problem_field",
               "answer_field")
-ENGINE_FLAGS = ("model", "engine", "torch_dtype", "trust_remote_code", "seed",
-                "generation_batch_size", "gpu_memory_utilization", "max_model_len",
+ENGINE_FLAGS = ("model", "engine", "torch_dtype", "attn_implementation", "trust_remote_code",
+                "seed", "generation_batch_size", "gpu_memory_utilization", "max_model_len",
                 "enable_prefix_caching", "logprob_temperature", "vllm_tensor_parallel_size",
                 "vllm_max_num_seqs")
 # Engine flags only `train` has (the engine's weights change only there).

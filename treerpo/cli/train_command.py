@@ -210,6 +210,7 @@ def train(
     fsdp: Fsdp = "",
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
+    attn_implementation: opt.AttnImplementation = "auto",
     trust_remote_code: opt.TrustRemoteCode = False,
     seed: opt.Seed = 42,
     generation_batch_size: opt.GenerationBatchSize = 64,

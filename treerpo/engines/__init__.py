@@ -14,7 +14,7 @@ from treerpo.errors import BadInputError
 
 if TYPE_CHECKING:  # torch loads with the first engine, not with this package
     from treerpo.config import EngineConfig, LogprobTemperatureMode
-    from treerpo.engines.loading import TorchDtypeName
+    from treerpo.engines.loading import AttnImplementationName, TorchDtypeName
 
 EngineName = Literal["auto", "hf", "vllm"]
 
@@ -66,6 +66,7 @@ def create_engine(
     model: str,
     seed: int,
     torch_dtype: TorchDtypeName = "auto",
+    attn_implementation: AttnImplementationName = "auto",
     trust_remote_code: bool = False,
     logprob_temperature: float = 1.0,
     batch_size: int = 64,
@@ -80,10 +81,10 @@ def create_engine(
 ):
     """Load `model` into the named engine; returns `(engine, tokenizer)`.
 
-    `batch_size` and `device` apply to the HF engine; `gpu_memory_utilization`, `max_model_len`,
-    `max_logprobs` and the `vllm_*` settings to vLLM; `enable_prefix_caching` to both (the HF
-    engine keeps the KV of the previous call's rows for the next wave). Errors are
-    `BadInputError`s.
+    `batch_size`, `device` and `attn_implementation` apply to the HF engine;
+    `gpu_memory_utilization`, `max_model_len`, `max_logprobs` and the `vllm_*` settings to vLLM;
+    `enable_prefix_caching` to both (the HF engine keeps the KV of the previous call's rows for
+    the next wave). Errors are `BadInputError`s.
     """
     from treerpo.engines.loading import (
         eos_token_ids,
@@ -119,7 +120,8 @@ def create_engine(
 
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     policy = load_policy(
-        model, torch_dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code
+        model, torch_dtype=torch_dtype, device=device, trust_remote_code=trust_remote_code,
+        attn_implementation=attn_implementation,
     )
     engine = HFEngine(
         policy,
@@ -143,6 +145,7 @@ def create_engine_from_config(
         model=config.model,
         seed=config.seed,
         torch_dtype=config.torch_dtype,
+        attn_implementation=config.attn_implementation,
         trust_remote_code=config.trust_remote_code,
         logprob_temperature=resolve_logprob_temperature(
             config.logprob_temperature, sampling_temperature=sampling_temperature),

@@ -4,6 +4,10 @@ Only safetensors weights are ever loaded (`use_safetensors=True`: a pickled `pyt
 can run code on load), and `trust_remote_code` is off unless the user asks for it. Every way a
 model can fail to load becomes one `BadInputError` line that names the model.
 
+`resolve_attn_implementation` picks the attention kernel: "auto" is FlexAttention (block-sparse
+tree mask) for training on CUDA, treerpo's "tree" attention (`treerpo.engines.tree_attention`)
+for training on CPU, and sdpa for generation, where nothing is packed.
+
 `policy_version` gives a checkpoint a short content fingerprint for provenance: the trees in the
 store record which weights sampled them.
 """
@@ -20,6 +24,8 @@ import torch
 from treerpo.errors import BadInputError
 
 TorchDtypeName = Literal["auto", "bfloat16", "float16", "float32"]
+AttnImplementationName = Literal["auto", "tree", "flex_attention", "sdpa", "eager"]
+ATTN_IMPLEMENTATIONS = ("auto", "tree", "flex_attention", "sdpa", "eager")
 
 _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # `org/name` or `name`, as the hub spells repository ids.
@@ -42,6 +48,28 @@ def resolve_dtype(torch_dtype: TorchDtypeName, *, device: str | torch.device) ->
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
+
+
+def resolve_attn_implementation(
+    attn_implementation: AttnImplementationName, *, device: str | torch.device, training: bool
+) -> str:
+    """The attention implementation a model is loaded with (module docstring for "auto")."""
+    if attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise BadInputError(
+            f"unknown attention implementation {attn_implementation!r}: use "
+            + ", ".join(ATTN_IMPLEMENTATIONS)
+        )
+    device = torch.device(device)
+    if attn_implementation == "flex_attention" and device.type != "cuda":
+        raise BadInputError(
+            "--attn-implementation flex_attention needs a CUDA GPU (torch's FlexAttention has no "
+            "CPU backward); use tree on CPU"
+        )
+    if attn_implementation != "auto":
+        return attn_implementation
+    if not training:
+        return "sdpa"
+    return "flex_attention" if device.type == "cuda" else "tree"
 
 
 def default_device() -> str:
@@ -96,18 +124,28 @@ def load_policy(
     torch_dtype: TorchDtypeName = "auto",
     device: str | torch.device | None = None,
     trust_remote_code: bool = False,
+    attn_implementation: AttnImplementationName = "auto",
+    training: bool = False,
 ):
-    """An `AutoModelForCausalLM` from safetensors weights, on `device`, in eval mode."""
+    """An `AutoModelForCausalLM` from safetensors weights, on `device`, in eval mode.
+
+    `training` says what "auto" attention resolves to (`resolve_attn_implementation`)."""
     from transformers import AutoModelForCausalLM
+
+    from treerpo.engines.tree_attention import register_tree_attention
 
     _check_model_reference(model)
     device = torch.device(device or default_device())
     dtype = resolve_dtype(torch_dtype, device=device)
+    attention = resolve_attn_implementation(attn_implementation, device=device,
+                                            training=training)
+    register_tree_attention()
     try:
         policy = AutoModelForCausalLM.from_pretrained(
             model,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            attn_implementation=attention,
             **{_dtype_keyword(): dtype},
         )
     except (OSError, ValueError) as error:

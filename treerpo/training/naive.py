@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from treerpo.training.loss import AGGREGATIONS, Aggregation
+from treerpo.training.loss import AGGREGATIONS, Aggregation, aggregation_weights
 from treerpo.trees import Tree
 
 
@@ -148,3 +148,57 @@ def _sibling_group_logprobs(
         targets = input_ids[row, start : start + child.num_tokens].to(model.device)  # (T,)
         results.append(logprobs[row, positions, targets])  # (T,)
     return results
+
+
+def naive_tree_update(
+    *,
+    model,
+    trees: list[Tree],
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+    aggregation: Aggregation = "group",
+) -> float:
+    """`naive_tree_loss`'s loss and gradient, with one backward per sibling group.
+
+    The same forwards (every child with its whole prefix, a full log-softmax over every position),
+    but only one group's graph is alive at a time, as a trainer accumulating gradients would do.
+    The per-token weights come from `aggregation_weights` over the whole batch, so the groups'
+    losses sum to the batch loss. Gradients accumulate into `model`; returns the batch loss.
+    """
+    groups = []  # (tree, parent index, trained children)
+    group_ids, visits = [], []
+    for tree in trees:
+        shares = tree.group_visit_shares()
+        for parent in tree.nodes:
+            children = [i for i in parent.children if tree.nodes[i].advantage is not None
+                        and tree.nodes[i].num_tokens > 0]
+            if not children:
+                continue
+            groups.append((tree, parent.index, children))
+            tokens = sum(tree.nodes[i].num_tokens for i in children)
+            group_ids.append(torch.full((tokens,), len(groups) - 1, dtype=torch.int64))
+            visits.append(torch.full((tokens,), shares[children[0]]))
+    if not groups:
+        return 0.0
+    weights = aggregation_weights(group_ids=torch.cat(group_ids), aggregation=aggregation,
+                                  group_visits=torch.cat(visits))  # (N,)
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    total, offset = 0.0, 0
+    for tree, parent_index, children in groups:
+        new = dict(zip(tree.nodes[parent_index].children, _sibling_group_logprobs(
+            model=model, tree=tree, parent_index=parent_index,
+            logprob_temperature=tree.logprob_temperature), strict=True))
+        new_logprobs = torch.cat([new[i] for i in children])  # (n,)
+        behaviour = torch.from_numpy(np.concatenate(
+            [tree.nodes[i].logprobs for i in children])).to(new_logprobs)  # (n,)
+        advantages = torch.cat([torch.full((tree.nodes[i].num_tokens,), float(
+            tree.nodes[i].advantage)) for i in children]).to(new_logprobs)  # (n,)
+        ratio = torch.exp(new_logprobs - behaviour)  # (n,)
+        clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high)  # (n,)
+        token_losses = -torch.minimum(ratio * advantages, clipped * advantages)  # (n,)
+        group_weights = weights[offset: offset + len(new_logprobs)].to(token_losses)  # (n,)
+        loss = (group_weights * token_losses).sum()
+        loss.backward()
+        total += float(loss.detach())
+        offset += len(new_logprobs)
+    return total

@@ -10,14 +10,18 @@ an attention mask that is already 4-D `(batch, 1, q_len, kv_len)` as-is ("custom
 attention function receives it unchanged. What it must look like depends on the attention
 implementation in `model.config._attn_implementation`:
 
-- "sdpa" (the default on CPU, and the tested path): a boolean mask, True = attend, handed to
-  `torch.nn.functional.scaled_dot_product_attention`;
-- "eager": an additive float mask (0 / most negative value), added to the scores;
-- "flex_attention" (CUDA only here): a FlexAttention `BlockMask` built from the pack's compact
-  representation, so masked-out blocks (other branches of the tree) are skipped rather than
-  computed. Memory then grows with the kept blocks, not L^2. This path cannot run on the CPU test
-  machines; it is kept small and is only used when the model was loaded with
-  `attn_implementation="flex_attention"`.
+- "tree" (the training default on CPU, `treerpo.engines.tree_attention`): no dense mask; the
+  pack's tile layout goes to the model as the `tree_layout` keyword, with a zero-memory
+  placeholder as the 4-D mask, and attention costs what each token can see;
+- "flex_attention" (the training default on CUDA): a FlexAttention `BlockMask` built with
+  `create_block_mask` from a `mask_mod` over the pack's compact representation (segment ids and
+  the ancestor matrix), so masked-out blocks (other branches of the tree) are skipped rather
+  than computed, and memory grows with the kept blocks, not L^2. torch's FlexAttention has no
+  CPU backward, so this path trains only on CUDA (`scripts/gpu_check.sh`); on CPU the tests run
+  its forward uncompiled;
+- "sdpa": a dense boolean `(1, 1, L, L)` mask, True = attend, handed to
+  `torch.nn.functional.scaled_dot_product_attention` (every L^2 pair is computed);
+- "eager": the same as an additive float mask (0 / most negative value), added to the scores.
 
 Flash-attention implementations take no arbitrary mask and are refused with a clear error.
 
@@ -30,6 +34,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from treerpo.engines.tree_attention import (
+    TREE_ATTENTION,
+    tree_attention_layout,
+    tree_placeholder_mask,
+)
 from treerpo.training.loss import Aggregation, ppo_tree_loss
 from treerpo.training.packing import (
     PackedSequence,
@@ -40,7 +49,7 @@ from treerpo.training.packing import (
 )
 from treerpo.trees import Tree
 
-_DENSE_MASK_IMPLEMENTATIONS = ("sdpa", "eager")
+TREE_MASK_IMPLEMENTATIONS = (TREE_ATTENTION, "flex_attention", "sdpa", "eager")
 
 
 def packed_token_logprobs(
@@ -57,15 +66,32 @@ def packed_token_logprobs(
         output = model(
             input_ids=input_ids[None],  # (1, L)
             position_ids=pack.position_ids.to(device)[None],  # (1, L)
-            attention_mask=_tree_attention_mask(model=model, pack=pack, device=device),
             logits_to_keep=predictor_indices,
             use_cache=False,
+            **_tree_attention_arguments(model=model, pack=pack, device=device),
         )
-        logits = output.logits[0].float() / logprob_temperature  # (N, V)
         target_ids = input_ids[pack.trained_token_indices.to(device)]  # (N,)
-        target_logits = logits.gather(-1, target_ids[:, None]).squeeze(-1)  # (N,)
-        results.append(target_logits - torch.logsumexp(logits, dim=-1))  # (N,)
+        results.append(target_token_logprobs(logits=output.logits[0], target_ids=target_ids,
+                                             logprob_temperature=logprob_temperature))  # (N,)
     return results
+
+
+def target_token_logprobs(
+    *, logits: Tensor, target_ids: Tensor, logprob_temperature: float | Tensor = 1.0
+) -> Tensor:
+    """log_softmax(logits / logprob_temperature)[target] in float32: (N, V), (N,) -> (N,).
+
+    Written as a cross-entropy, whose backward is one fused pass over the (N, V) logits (softmax
+    minus one-hot) instead of separate gather, logsumexp and division backwards: with a 32k
+    vocabulary those (N, V) passes cost as much as a few decoder layers. A temperature of 1 skips
+    the division. `logprob_temperature` may be a scalar or (N,) per token.
+    """
+    logits = logits.float()  # (N, V)
+    if isinstance(logprob_temperature, Tensor):
+        logits = logits / logprob_temperature[:, None]  # (N, V)
+    elif logprob_temperature != 1.0:
+        logits = logits / logprob_temperature  # (N, V)
+    return -torch.nn.functional.cross_entropy(logits, target_ids, reduction="none")  # (N,)
 
 
 def packed_tree_loss(
@@ -129,18 +155,26 @@ def packed_tree_loss(
     )
 
 
-def _tree_attention_mask(*, model, pack: PackedSequence, device: torch.device):
-    """The 4-D tree mask in the form `model`'s attention implementation takes (module docstring)."""
+def _tree_attention_arguments(*, model, pack: PackedSequence, device: torch.device) -> dict:
+    """The model-call keyword arguments that carry the tree attention of `pack` in the form
+    `model`'s attention implementation takes (module docstring)."""
     implementation = model.config._attn_implementation
     if implementation == "sdpa":
-        return dense_attention_mask(pack=pack, dtype=torch.bool, device=device)  # (1, 1, L, L)
+        return {"attention_mask": dense_attention_mask(pack=pack, dtype=torch.bool,
+                                                       device=device)}  # (1, 1, L, L)
     if implementation == "eager":
-        return dense_attention_mask(pack=pack, dtype=model.dtype, device=device)  # (1, 1, L, L)
+        return {"attention_mask": dense_attention_mask(pack=pack, dtype=model.dtype,
+                                                       device=device)}  # (1, 1, L, L)
     if implementation == "flex_attention":
-        return _flex_block_mask(pack=pack, device=device)
+        return {"attention_mask": _flex_block_mask(pack=pack, device=device)}
+    if implementation == TREE_ATTENTION:
+        return {"attention_mask": tree_placeholder_mask(length=pack.num_tokens, device=device),
+                "tree_layout": tree_attention_layout(
+                    segment_ids=pack.segment_ids,
+                    ancestor_or_self=pack.ancestor_or_self).to(device)}
     raise ValueError(
         f"attention implementation {implementation!r} takes no custom tree mask; load the model "
-        f"with attn_implementation set to one of {(*_DENSE_MASK_IMPLEMENTATIONS, 'flex_attention')}"
+        f"with attn_implementation set to one of {TREE_MASK_IMPLEMENTATIONS}"
     )
 
 

@@ -650,7 +650,8 @@ def _load_models(*, config: TrainConfig, checkpoint: Path | None, device, say):
             say(f"--torch-dtype {engine.torch_dtype} on CPU: training in float32 "
                 "(master weights stay float32 on every device; a GPU autocasts the forward)")
     model = load_policy(str(checkpoint or engine.model), torch_dtype="float32", device=device,
-                        trust_remote_code=engine.trust_remote_code)
+                        trust_remote_code=engine.trust_remote_code,
+                        attn_implementation=engine.attn_implementation, training=True)
     model.requires_grad_(True)
     if config.optimization.gradient_checkpointing:
         model.config.use_cache = False
@@ -664,7 +665,8 @@ def _load_models(*, config: TrainConfig, checkpoint: Path | None, device, say):
     ref_model = None
     if config.optimization.beta > 0:
         ref_model = load_policy(engine.model, torch_dtype="float32", device=device,
-                                trust_remote_code=engine.trust_remote_code)
+                                trust_remote_code=engine.trust_remote_code,
+                                attn_implementation=engine.attn_implementation, training=True)
         ref_model.requires_grad_(False)
     return model, ref_model, autocast_dtype
 
