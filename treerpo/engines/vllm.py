@@ -144,7 +144,7 @@ class VLLMEngine:
         self.logprob_temperature = 1.0
         self.max_logprobs = max_logprobs
         self.eos_token_ids = tuple(eos_token_ids)
-        self._seeds = np.random.default_rng(seed)
+        self.reseed(seed)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = resolve_dtype(torch_dtype, device=device)
@@ -176,6 +176,10 @@ class VLLMEngine:
             seed=int(self._seeds.integers(_SEED_RANGE)),
             detokenize=False,
         )
+
+    def reseed(self, seed: int) -> None:
+        """Restart the per-request seeds at `seed` (as a fresh engine seeded `seed` draws them)."""
+        self._seeds = np.random.default_rng(seed)
 
     def generate(
         self,

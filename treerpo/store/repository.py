@@ -4,17 +4,26 @@ Every write is one short transaction: a tree is inserted with all its nodes at o
 either fully visible or absent), scores are updated in bulk, runs and problems are upserted.
 Nodes go through SQLAlchemy Core `executemany` (no ORM objects per node): a tree of thousands of
 nodes is one round trip.
+
+Concurrent writers (several processes on one store) never crash on each other: runs, problems
+and trees are inserted with `ON CONFLICT DO NOTHING` and then read back, so a process that loses
+a race finds the winner's row ("already done") instead of an IntegrityError. On SQLite, a
+transaction that reads before it writes takes the write lock first (`BEGIN IMMEDIATE`): a
+deferred one that read a snapshot could not upgrade it once another writer committed.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from treerpo.errors import BadInputError
 from treerpo.store.arrays import pack_logprobs, pack_token_ids, unpack_logprobs, unpack_token_ids
@@ -56,18 +65,45 @@ class TreeSummary:
     created_at: datetime
 
 
+@contextmanager
+def write_transaction(store: Store) -> Iterator[Session]:
+    """A session in one transaction that holds the store's write lock from its start (SQLite:
+    `BEGIN IMMEDIATE`, which waits up to the busy timeout for another writer)."""
+    with store.session() as session, session.begin():
+        if store.engine.dialect.name == "sqlite":
+            session.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        yield session
+
+
+def _insert_ignoring_conflicts(store: Store, table: Any, *, unique_columns: Sequence[str]):
+    """`INSERT ... ON CONFLICT (unique_columns) DO NOTHING` in the store's dialect."""
+    dialect = postgresql if store.engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=list(unique_columns))
+
+
+def refuse_run_of_other_kind(store: Store, *, name: str, kind: str) -> None:
+    """BadInputError when a run called `name` exists with another kind (read-only: a command
+    calls it before its first write)."""
+    with store.session() as session:
+        existing = session.scalar(select(RunRow.kind).where(RunRow.name == name))
+    if existing is not None and existing != kind:
+        raise BadInputError(f"run {name!r} already exists as a {existing} run; "
+                            "choose another --run name")
+
+
 def get_or_create_run(
     store: Store, *, name: str, kind: str, model: str, config: dict[str, Any]
 ) -> RunRow:
     """The run called `name`, created if new. An existing run keeps its first configuration
-    (resuming); a run of another kind with the same name is refused."""
-    with store.session() as session, session.begin():
-        run = session.scalars(select(RunRow).where(RunRow.name == name)).one_or_none()
-        if run is None:
-            run = RunRow(name=name, kind=kind, model=model, config=config, status="running")
-            session.add(run)
-            session.flush()
-        elif run.kind != kind:
+    (resuming); a run of another kind with the same name is refused. Two processes creating the
+    same run at once both get the one row."""
+    with write_transaction(store) as session:
+        session.execute(
+            _insert_ignoring_conflicts(store, RunRow, unique_columns=["name"]),
+            {"name": name, "kind": kind, "model": model, "config": config, "status": "running",
+             "started_at": utcnow()})
+        run = session.scalars(select(RunRow).where(RunRow.name == name)).one()
+        if run.kind != kind:
             raise BadInputError(f"run {name!r} already exists as a {run.kind} run; "
                                 "choose another --run name")
         else:
@@ -91,38 +127,74 @@ def finish_run(store: Store, run_id: int, *, status: str = "finished") -> None:
         )
 
 
+def _stored_problems(
+    session: Session, keys: Iterable[ProblemKey]
+) -> dict[ProblemKey, tuple[int, str, str]]:
+    """key → (id, problem text, reference) of the stored problems among `keys`."""
+    found: dict[ProblemKey, tuple[int, str, str]] = {}
+    by_dataset: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for key in dict.fromkeys(keys):
+        by_dataset[(key.dataset, key.split)].append(key.row_index)
+    for (dataset, split), rows in by_dataset.items():
+        for start in range(0, len(rows), 500):
+            chunk = rows[start:start + 500]
+            for problem_id, row_index, text, reference in session.execute(
+                select(ProblemRow.id, ProblemRow.row_index, ProblemRow.problem,
+                       ProblemRow.reference).where(
+                    ProblemRow.dataset == dataset,
+                    ProblemRow.split == split,
+                    ProblemRow.row_index.in_(chunk),
+                )
+            ):
+                found[ProblemKey(dataset, split, row_index)] = (problem_id, text, reference)
+    return found
+
+
+def _refuse_changed_problems(
+    problems: Sequence[tuple[ProblemKey, str, str]],
+    stored: dict[ProblemKey, tuple[int, str, str]],
+) -> None:
+    for key, text, reference in problems:
+        if key not in stored:
+            continue
+        problem_id, stored_text, stored_reference = stored[key]
+        if (stored_text, stored_reference) != (storable_text(text), storable_text(reference)):
+            what = "problem text" if stored_text != storable_text(text) else "reference answer"
+            raise BadInputError(
+                f"row {key.row_index} of {key.dataset} ({key.split}) has a different {what} than "
+                f"when it was stored (problem {problem_id}): its trees would no longer match it. "
+                "Restore the dataset, or save the changed file under a new name (new problems)")
+
+
+def check_problems_unchanged(store: Store, problems: Sequence[tuple[ProblemKey, str, str]]) -> None:
+    """BadInputError when a stored problem's row now has another text or reference (read-only:
+    a command calls it before its first write)."""
+    with store.session() as session:
+        _refuse_changed_problems(problems, _stored_problems(
+            session, [key for key, _, _ in problems]))
+
+
 def upsert_problems(
     store: Store, problems: Sequence[tuple[ProblemKey, str, str]]
 ) -> list[int]:
     """Insert the (key, problem text, reference) triples not stored yet; return every id, in
-    order. A stored problem keeps its text (the first writer wins)."""
-    ids: dict[ProblemKey, int] = {}
-    with store.session() as session, session.begin():
-        by_dataset: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for key, _, _ in problems:
-            by_dataset[(key.dataset, key.split)].append(key.row_index)
-        for (dataset, split), rows in by_dataset.items():
-            for start in range(0, len(rows), 500):
-                chunk = rows[start:start + 500]
-                found = session.execute(
-                    select(ProblemRow.id, ProblemRow.row_index).where(
-                        ProblemRow.dataset == dataset,
-                        ProblemRow.split == split,
-                        ProblemRow.row_index.in_(chunk),
-                    )
-                )
-                for problem_id, row_index in found:
-                    ids[ProblemKey(dataset, split, row_index)] = problem_id
-        missing = [(key, text, ref) for key, text, ref in problems if key not in ids]
-        for key, text, reference in missing:
-            if key in ids:  # the same row twice in one call
-                continue
-            row = ProblemRow(dataset=key.dataset, split=key.split, row_index=key.row_index,
-                             problem=storable_text(text), reference=storable_text(reference))
-            session.add(row)
-            session.flush()
-            ids[key] = row.id
-    return [ids[key] for key, _, _ in problems]
+    order. A row whose text or reference differs from the stored problem's is refused
+    (BadInputError, nothing written): a dataset file edited in place would otherwise get new
+    trees filed under the old problem."""
+    rows: dict[ProblemKey, dict[str, Any]] = {}
+    for key, text, reference in problems:
+        rows.setdefault(key, {"dataset": key.dataset, "split": key.split,
+                              "row_index": key.row_index, "problem": storable_text(text),
+                              "reference": storable_text(reference), "created_at": utcnow()})
+    statement = _insert_ignoring_conflicts(store, ProblemRow,
+                                           unique_columns=["dataset", "split", "row_index"])
+    with write_transaction(store) as session:
+        values = list(rows.values())
+        for start in range(0, len(values), 500):
+            session.execute(statement, values[start:start + 500])
+        stored = _stored_problems(session, rows)
+        _refuse_changed_problems(problems, stored)
+    return [stored[key][0] for key, _, _ in problems]
 
 
 def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[int]:
@@ -174,9 +246,15 @@ def write_trees(
 ) -> list[int]:
     """Insert several whole trees in one transaction (all or none); returns their ids and sets
     `tree.tree_id` and `tree.problem_id` on each. One statement for the tree rows, one for all
-    their nodes."""
+    their nodes.
+
+    A tree whose (run, problem, epoch) another process stored meanwhile is skipped, not an
+    error: it is already done, and its id is the stored tree's."""
     if not trees:
         return []
+    if len(set(problem_ids)) != len(problem_ids):
+        raise ValueError("write_trees: one tree per problem (a run has one tree per problem "
+                         "and epoch)")
     created_at = utcnow()
     tree_rows = [
         {
@@ -196,14 +274,23 @@ def write_trees(
         }
         for tree, problem_id in zip(trees, problem_ids, strict=True)
     ]
-    with store.session() as session, session.begin():
+    statement = _insert_ignoring_conflicts(
+        store, TreeRow, unique_columns=["run_id", "problem_id", "epoch"]
+    ).returning(TreeRow.id, TreeRow.problem_id)
+    with write_transaction(store) as session:
         connection = session.connection()
-        tree_ids = list(connection.execute(
-            insert(TreeRow).returning(TreeRow.id, sort_by_parameter_order=True), tree_rows
-        ).scalars())
-        _insert_nodes(connection, [_node_row(tree_id, node)
-                                   for tree, tree_id in zip(trees, tree_ids, strict=True)
+        inserted = dict(
+            (problem_id, tree_id)
+            for tree_id, problem_id in connection.execute(statement, tree_rows))
+        _insert_nodes(connection, [_node_row(inserted[problem_id], node)
+                                   for tree, problem_id in zip(trees, problem_ids, strict=True)
+                                   if problem_id in inserted
                                    for node in tree.nodes])
+        lost = [problem_id for problem_id in problem_ids if problem_id not in inserted]
+        if lost:
+            inserted.update(trees_of_problems_in(session, run_id=run_id, problem_ids=lost,
+                                                 epoch=epoch))
+    tree_ids = [inserted[problem_id] for problem_id in problem_ids]
     for tree, tree_id, problem_id in zip(trees, tree_ids, problem_ids, strict=True):
         tree.tree_id = tree_id
         tree.problem_id = problem_id
@@ -219,6 +306,8 @@ _SQLITE_NODE_INSERT = (
 
 
 def _insert_nodes(connection, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:  # every tree of the batch was stored by another process
+        return
     # On SQLite, handing plain tuples to the driver's executemany doubles the write rate over
     # SQLAlchemy's per-row parameter processing (the columns need no type conversion).
     if connection.dialect.paramstyle == "qmark":
@@ -523,7 +612,13 @@ def trees_of_problems(
     """problem id → tree id of the trees the run already grew for these problems this epoch
     (chained training reuses them after a restart instead of growing a duplicate)."""
     with store.session() as session:
-        rows = session.execute(select(TreeRow.problem_id, TreeRow.id).where(
-            TreeRow.run_id == run_id, TreeRow.epoch == epoch,
-            TreeRow.problem_id.in_(list(problem_ids))))
-        return {problem_id: tree_id for problem_id, tree_id in rows}
+        return trees_of_problems_in(session, run_id=run_id, problem_ids=problem_ids, epoch=epoch)
+
+
+def trees_of_problems_in(
+    session: Session, *, run_id: int, problem_ids: Sequence[int], epoch: int
+) -> dict[int, int]:
+    rows = session.execute(select(TreeRow.problem_id, TreeRow.id).where(
+        TreeRow.run_id == run_id, TreeRow.epoch == epoch,
+        TreeRow.problem_id.in_(list(problem_ids))))
+    return {problem_id: tree_id for problem_id, tree_id in rows}
