@@ -121,10 +121,13 @@ def gsm8k(
         prompt=opt.prompt_settings(system_prompt=system_prompt, prompt_template=prompt_template),
     )
     from treerpo.engines import create_engine_from_config
+    from treerpo.engines.model_checks import check_model
     from treerpo.eval.gsm8k import run_gsm8k_eval
 
     # Bad data is reported before the model loads (and before the store is touched).
     problem_set = load_eval_problems(config)
+    check_model(config.engine.model, trust_remote_code=config.engine.trust_remote_code,
+                max_new_tokens=config.max_new_tokens)
     policy, tokenizer = create_engine_from_config(config.engine)
     console = stdout_console()
     progress = progress_bar(label="eval gsm8k", unit="records", console=console,

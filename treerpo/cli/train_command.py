@@ -174,7 +174,12 @@ def train(
         optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
         save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
         resume_from_checkpoint=resume_from_checkpoint, **opt.growth_config_parts(locals()))
+    from treerpo.engines.model_checks import check_model_for_growth
     from treerpo.training.trainer import TrainCallbacks, run_training
+
+    # The model (and, chained, the flags it bounds) is checked before the store is opened.
+    check_model_for_growth(engine=config.engine, tree=config.tree if config.chained else None,
+                           sampling=config.sampling)
 
     console = stdout_console()
     rows = StepRows(console=console, enabled=not json_output)
