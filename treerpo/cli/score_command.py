@@ -16,6 +16,7 @@ from treerpo.cli.common import (
     stdout_console,
     store_at,
 )
+from treerpo.limits import INT64_MAX
 from treerpo.scoring.scorer import ScoreStats
 
 RewardFnOption = Annotated[str | None, typer.Option(
@@ -25,14 +26,18 @@ RewardFnOption = Annotated[str | None, typer.Option(
 
 def score(
     tree_id: Annotated[list[int] | None, typer.Option(
-        "--tree-id", help="Score only this tree (repeatable).")] = None,
+        "--tree-id", min=1, max=INT64_MAX, help="Score only this tree (repeatable).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only trees of this run.")] = None,
     rescore: Annotated[bool, typer.Option(
         "--rescore", help="Recompute trees that are already scored.")] = False,
     reward_fn: RewardFnOption = None,
+    reward_timeout: Annotated[float, typer.Option(
+        "--reward-timeout", min=0.001, max=1e6, help="Seconds a --reward-fn plug-in may take on "
+        "one leaf before the run stops (plug-ins run in watched worker processes: one that "
+        "exits, crashes or hangs fails the run with its name, the store unchanged).")] = 10.0,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Reward worker processes (default: in this process, or one per "
-        "CPU when the leaves would take more than a few seconds).")] = None,
+        "--workers", min=1, max=INT64_MAX, help="Reward worker processes (default: in this "
+        "process, or one per CPU when the leaves would take more than a few seconds).")] = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
@@ -67,6 +72,7 @@ def score(
         with progress:
             stats = score_stored_trees(
                 store, tree_ids=selected, reward_fn_spec=reward_fn, workers=workers,
+                reward_timeout=reward_timeout,
                 on_progress=lambda done, total: progress.update(task, completed=done,
                                                                 total=total))
     if json_output:
