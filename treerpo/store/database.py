@@ -75,7 +75,7 @@ def shown_url(url: URL) -> str:
 def parse_db_url(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as error:
+    except (ArgumentError, ValueError) as error:  # ValueError: a port that is not a number
         raise BadInputError(f"malformed --db URL {mask_password(url)!r}: expected e.g. "
                             "sqlite:///data/treerpo.db or postgresql+psycopg://user@host/db"
                             ) from error
