@@ -36,6 +36,7 @@ def stored_tree(db_url):
 
 
 def test_trees_json_on_an_empty_store(db_url):
+    assert run_cli("db", "upgrade", "--db", db_url).exit_code == 0
     result = run_cli("trees", "--db", db_url, "--json")
     assert result.exit_code == 0, result.stderr
     assert result.json() == []
@@ -150,8 +151,9 @@ def test_db_upgrade_and_current(db_url):
 def test_default_store_folder_is_created(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TREERPO_DB", raising=False)
-    assert run_cli("trees", "--json").json() == []
+    assert run_cli("db", "upgrade").exit_code == 0
     assert (tmp_path / "data" / "treerpo.db").exists()
+    assert run_cli("trees", "--json").json() == []
 
 
 def test_usage_errors_are_one_line_exit_2(db_url):

@@ -293,6 +293,7 @@ def test_show_table_lists_failures(scripted_engine, gsm8k_dir, db_url):
 
 
 def test_show_refuses_unknown_and_non_eval_runs(gsm8k_dir, db_url, tiny_model_dir):
+    assert run_cli("db", "upgrade", "--db", db_url).exit_code == 0
     unknown = run_cli("eval", "show", "nope", "--db", db_url)
     assert unknown.exit_code == 2 and "nope" in unknown.stderr
     generated = run_cli("generate", "--model", str(tiny_model_dir), "--dataset",

@@ -15,9 +15,16 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sqlalchemy.exc import DatabaseError
 
 from treerpo.errors import BadInputError
-from treerpo.store.database import DEFAULT_DB_URL, Store, open_store
+from treerpo.store.database import (
+    DEFAULT_DB_URL,
+    Store,
+    is_damaged_store_error,
+    open_store,
+    shown_url,
+)
 
 DbOption = Annotated[
     str,
@@ -60,11 +67,18 @@ def print_json(payload: Any) -> None:
 
 
 @contextmanager
-def store_at(url: str) -> Iterator[Store]:
-    """Open (and migrate to head) the store for the duration of a command."""
-    store = open_store(url)
+def store_at(url: str, *, read_only: bool = False) -> Iterator[Store]:
+    """Open (and migrate to head) the store for the duration of a command. `read_only`: for
+    commands that only look (a missing store is an error, SQLite opens it `mode=ro`). A store
+    found damaged on the way is one line, exit 2."""
+    store = open_store(url, read_only=read_only)
     try:
         yield store
+    except DatabaseError as error:
+        if not is_damaged_store_error(error):
+            raise
+        raise BadInputError(f"store {shown_url(store.url)} is damaged ({error.orig}); restore it "
+                            "from a copy or use another --db") from error
     finally:
         store.close()
 

@@ -196,7 +196,7 @@ def show(
 
         treerpo eval show my-eval --json > records.json
     """
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         found = repository.find_run(store, run)
         if found.kind != "eval":
             raise BadInputError(f"run {run!r} is a {found.kind} run, not an eval run")

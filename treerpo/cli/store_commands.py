@@ -36,7 +36,7 @@ def trees(
 
         treerpo trees --run my-run --json
     """
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         run_id = repository.find_run(store, run).id if run is not None else None
         summaries = repository.list_trees(store, run_id=run_id, limit=limit)
     if json_output:
@@ -75,7 +75,7 @@ def inspect(
 
         treerpo inspect 1 --json > tree1.json
     """
-    with store_at(db) as store:
+    with store_at(db, read_only=True) as store:
         tree = repository.load_tree(store, tree_id)
     if json_output:
         print_json(tree_to_json(tree))

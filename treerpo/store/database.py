@@ -259,13 +259,20 @@ def open_store(url: str, *, upgrade: bool = True, read_only: bool = False) -> St
         engine.dispose()
         raise BadInputError(f"cannot open store {shown_url(parsed)}: "
                             f"{mask_password(str(error.orig))}") from error
-    except DatabaseError as error:  # SQLite: a damaged file ("database disk image is malformed")
+    except DatabaseError as error:
+        if not is_damaged_store_error(error):
+            raise
         engine.dispose()
         raise BadInputError(f"store {shown_url(parsed)} is damaged: {error.orig}") from error
     except BaseException:
         engine.dispose()
         raise
     return _store(parsed, engine)
+
+
+def is_damaged_store_error(error: DatabaseError) -> bool:
+    """A SQLite error that says the file is damaged (not a lock, a constraint or a bug)."""
+    return type(error.orig) is sqlite3.DatabaseError
 
 
 def _store(url: URL, engine: Engine) -> Store:
