@@ -83,7 +83,8 @@ def _listed_trees(url: str) -> list[dict] | None:
     """The store's trees as `trees --json` lists them; None while no store exists yet."""
     result = subprocess.run(_cli("trees", "--db", url, "--json"), cwd=ROOT,
                             env=_environment(), capture_output=True, text=True)
-    if result.returncode == 2 and "no store at" in result.stderr:
+    if result.returncode == 2 and ("no store at" in result.stderr
+                                   or "no treerpo store at" in result.stderr):
         return None
     if result.returncode != 0:
         raise RuntimeError(f"trees failed between iterations: {result.stderr.strip()}")
