@@ -106,9 +106,8 @@ def get_or_create_run(
         if run.kind != kind:
             raise BadInputError(f"run {name!r} already exists as a {run.kind} run; "
                                 "choose another --run name")
-        else:
-            run.status = "running"
-            run.finished_at = None
+        run.status = "running"
+        run.finished_at = None
         return run
 
 
