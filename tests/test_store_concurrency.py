@@ -4,10 +4,12 @@ storing the same trees. No race crashes a process or loses a tree (issue 16)."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -180,3 +182,31 @@ def test_a_failed_generate_marks_its_run_failed(tiny_model_dir, gsm8k_dir, db_ur
         assert repository.find_run(store, "doomed").status == "failed"
     finally:
         store.close()
+
+
+POSTGRES_SERVER = os.environ.get("TREERPO_TEST_POSTGRES_URL")
+
+
+@pytest.mark.skipif(POSTGRES_SERVER is None, reason="TREERPO_TEST_POSTGRES_URL not set")
+def test_concurrent_openers_and_writers_on_postgres(tmp_path):
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"treerpo_race_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_SERVER, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_SERVER).set(database=name).render_as_string(hide_password=False)
+    try:
+        results = _race(tmp_path, url, "write")
+        assert [r.returncode for r in results] == [0] * len(results), [r.stderr for r in results]
+        assert len({r.stdout.splitlines()[0] for r in results}) == 1
+        check = create_engine(url)
+        with check.connect() as connection:
+            assert connection.execute(text("SELECT count(*) FROM trees")).scalar() == 8
+            assert connection.execute(text("SELECT count(*) FROM runs")).scalar() == 1
+        check.dispose()
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
