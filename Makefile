@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test stress lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -n 2 tests
+
+# Concurrent processes and kill -9 on one store (tests/stress/run_stress.py; not part of `test`).
+stress: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python tests/stress/run_stress.py --iterations 20
 
 lint: $(STAMP)
 	$(BIN)/ruff check treerpo tests migrations

@@ -175,7 +175,7 @@ def test_empty_dataset_and_no_problem_column(tiny_model_dir, tmp_path, db_url):
         result = run_cli("generate", "--model", str(tiny_model_dir), "--dataset", str(path),
                          "--db", db_url)
         assert result.exit_code == 2 and message in result.stderr, result.stderr
-    assert not (tmp_path / "store.db").exists()  # refused before the store was created
+    assert not (tmp_path / "store.db").exists()  # refused before the store is opened
 
 
 def test_run_config_is_stored_whole(tiny_model_dir, gsm8k_dir, db_url):

@@ -150,12 +150,13 @@ def test_a_failed_write_leaves_no_tree(db_url):
     store = database.open_store(db_url)
     try:
         run_id, problem_id = _stored_problem(store)
+        _, other_problem_id = _stored_problem(store, row=1)
         good = synthetic_tree(rng=np.random.default_rng(2), num_nodes=10)
         bad = synthetic_tree(rng=np.random.default_rng(3), num_nodes=10)
         bad.nodes[5].parent = 999  # violates the parent foreign key
         with pytest.raises(IntegrityError):
             repository.write_trees(store, trees=[good, bad], run_id=run_id,
-                                   problem_ids=[problem_id, problem_id + 0], policy_version="v")
+                                   problem_ids=[problem_id, other_problem_id], policy_version="v")
         assert repository.count_trees(store) == 0
         with store.engine.connect() as connection:
             assert connection.exec_driver_sql("SELECT count(*) FROM nodes").scalar() == 0

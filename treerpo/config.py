@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from treerpo.growth.settings import SamplingConfig, TreeSettings
+from treerpo.limits import INT64_MAX, SEED_MAX
 from treerpo.problems.prompts import PromptSettings
 
 EngineName = Literal["auto", "hf", "vllm"]
@@ -49,8 +50,8 @@ class DataConfig(_Strict):
     dataset: str
     split: str = "train"
     dataset_config: str | None = None
-    limit: int | None = Field(default=None, ge=1)
-    offset: int = Field(default=0, ge=0)
+    limit: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    offset: int = Field(default=0, ge=0, le=INT64_MAX)
     problem_field: str | None = None
     answer_field: str | None = None
 
@@ -63,17 +64,17 @@ class EngineConfig(_Strict):
     torch_dtype: TorchDtypeName = "auto"
     attn_implementation: AttnImplementationName = "auto"
     trust_remote_code: bool = False
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     # raw or sampling (see LogprobTemperatureMode); the value an engine is built with comes from
     # `treerpo.engines.resolve_logprob_temperature`. "raw": sampling did not learn better in
     # `bench learn`'s pilots (README, "Learning"), and vLLM reports raw logprobs only.
     logprob_temperature: LogprobTemperatureMode = "raw"
     # HF engine: requests decoded together in one batch.
-    generation_batch_size: int = Field(default=64, ge=1)
+    generation_batch_size: int = Field(default=64, ge=1, le=INT64_MAX)
     # vLLM engine only. gpu_memory_utilization is a share of the GPU's total memory; `train`
     # defaults it to 0.3 (TRL's colocate default), as the policy and AdamW share the GPU there.
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
-    max_model_len: int | None = Field(default=None, ge=16)
+    max_model_len: int | None = Field(default=None, ge=16, le=INT64_MAX)
     enable_prefix_caching: bool = True
     vllm_tensor_parallel_size: int = Field(default=1, ge=1)
     vllm_max_num_seqs: int | None = Field(default=None, ge=1)
@@ -107,7 +108,7 @@ class GenerateConfig(_Strict):
     tree: TreeSettings = TreeSettings()
     sampling: SamplingConfig = SamplingConfig()
     # Problems whose trees grow together: each wave batches their requests.
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, le=INT64_MAX)
 
     @model_validator(mode="after")
     def _growth_settings_agree(self) -> GenerateConfig:
@@ -208,10 +209,12 @@ class OptimizationConfig(_Strict):
     """The update: batch shape, schedule, AdamW and the TreeRPO loss. Names follow TRL's
     `GRPOConfig` (see the README's mapping table)."""
 
-    per_device_train_batch_size: int = Field(default=8, ge=1, description="trees per micro-batch")
-    gradient_accumulation_steps: int = Field(default=1, ge=1)
+    per_device_train_batch_size: int = Field(default=8, ge=1, le=INT64_MAX,
+                                             description="trees per micro-batch")
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=INT64_MAX)
     num_train_epochs: float = Field(default=1.0, gt=0.0)
-    max_steps: int = Field(default=-1, ge=-1, description="> 0 overrides num_train_epochs")
+    max_steps: int = Field(default=-1, ge=-1, le=INT64_MAX,
+                           description="> 0 overrides num_train_epochs")
     learning_rate: float = Field(default=1e-6, ge=0.0)
     lr_scheduler_type: str = "linear"
     lr_scheduler_kwargs: dict[str, Any] = Field(default_factory=dict)
@@ -222,12 +225,13 @@ class OptimizationConfig(_Strict):
     beta: float = Field(default=0.0, ge=0.0, description="k3 KL weight; 0 loads no reference")
     epsilon: float = Field(default=0.2, gt=0.0, lt=1.0)
     epsilon_high: float | None = Field(default=None, gt=0.0)
-    num_iterations: int = Field(default=1, ge=1, description="optimizer steps per batch (PPO μ)")
+    num_iterations: int = Field(default=1, ge=1, le=INT64_MAX,
+                                description="optimizer steps per batch (PPO μ)")
     # "leaf" weighs sibling groups by how often a root-to-leaf path visits them: measured at
     # least as good as one vote per group on both built-in tasks (README, "Learning").
     loss_aggregation: LossAggregation = "leaf"
     advantage: AdvantageMode = "local"
-    max_packed_tokens: int | None = Field(default=None, ge=16)
+    max_packed_tokens: int | None = Field(default=None, ge=16, le=INT64_MAX)
     gradient_checkpointing: bool = False
 
     @field_validator("lr_scheduler_type")
@@ -281,9 +285,9 @@ class TrainConfig(_Strict):
     full_determinism: bool = Field(
         default=False,
         description="deterministic torch kernels: bit-identical updates under a seed, slower")
-    save_steps: int = Field(default=500, ge=1)
-    save_total_limit: int | None = Field(default=None, ge=1)
-    logging_steps: int = Field(default=10, ge=1)
+    save_steps: int = Field(default=500, ge=1, le=INT64_MAX)
+    save_total_limit: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    logging_steps: int = Field(default=10, ge=1, le=INT64_MAX)
     report_to: ReportTo = "none"
     resume_from_checkpoint: str | None = None
     # Replay: train on trees another policy grew (`treerpo.provenance`), with a warning.

@@ -172,8 +172,8 @@ def trees_table(summaries: Sequence[TreeSummary]) -> Table:
     for summary in summaries:
         table.add_row(
             str(summary.tree_id),
-            Text(summary.run_name),
-            Text(snippet(summary.problem, full=False, limit=50)),
+            Text(safe_text(summary.run_name)),
+            Text(safe_text(snippet(summary.problem, full=False, limit=50))),
             str(summary.num_nodes),
             str(summary.num_leaves),
             str(summary.max_depth),

@@ -33,6 +33,8 @@ from treerpo.cli import (
 )
 from treerpo.cli.spellings import normalise_args
 from treerpo.errors import TreerpoError
+from treerpo.store.database import mask_password
+from treerpo.views import safe_text
 
 app = typer.Typer(
     name="treerpo",
@@ -70,6 +72,12 @@ train_command.register(app)
 web_commands.register(app)
 
 
+def _error_line(text: str) -> str:
+    """An error message as one inert line: newlines joined, control characters (a dataset's or a
+    model's text may carry terminal escapes) shown as \\xNN, URL passwords masked."""
+    return safe_text(mask_password(" ".join(text.splitlines())))
+
+
 def _wants_debug(args: Sequence[str]) -> bool:
     return "--debug" in args or os.environ.get("TREERPO_DEBUG", "") not in ("", "0")
 
@@ -104,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TyperException as error:  # usage errors: unknown command or flag, bad value
         if _wants_debug(args):
             raise
-        typer.echo(f"error: {error.format_message()}".replace("\n", " "), err=True)
+        typer.echo(_error_line(f"error: {error.format_message()}"), err=True)
         return 2
     except Abort:
         typer.echo("aborted", err=True)
@@ -112,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TreerpoError as error:
         if _wants_debug(args):
             raise
-        typer.echo(f"error: {error}".replace("\n", " "), err=True)
+        typer.echo(_error_line(f"error: {error}"), err=True)
         return error.exit_code
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
@@ -123,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = " ".join(str(error).split())
         if len(detail) > 300:  # driver errors can quote whole statements and their parameters
             detail = detail[:300] + "…"
-        typer.echo(f"error: unexpected {type(error).__name__}: {detail} (rerun with --debug)",
-                   err=True)
+        typer.echo(_error_line(f"error: unexpected {type(error).__name__}: {detail} "
+                               "(rerun with --debug)"), err=True)
         return 1
     return result if isinstance(result, int) else 0
 

@@ -15,9 +15,17 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from sqlalchemy.exc import DatabaseError
 
 from treerpo.errors import BadInputError
-from treerpo.store.database import DEFAULT_DB_URL, Store, display_url, open_store
+from treerpo.store.database import (
+    DEFAULT_DB_URL,
+    Store,
+    display_url,
+    is_damaged_store_error,
+    open_store,
+    shown_url,
+)
 
 DbOption = Annotated[
     str,
@@ -66,13 +74,19 @@ def store_at(url: str, *, read_only: bool = False) -> Iterator[Store]:
 
     A command that writes announces the resolved store first (`store: URL` on stderr, so
     `--json` output stays parseable). A read-only command refuses a store that does not exist
-    yet (exit 2) instead of creating an empty one.
+    yet (exit 2) instead of creating an empty one, and SQLite opens it `mode=ro`. A store found
+    damaged on the way is one line, exit 2.
     """
     if not read_only:
         typer.echo(f"store: {display_url(url)}", err=True)
-    store = open_store(url, create=not read_only)
+    store = open_store(url, read_only=read_only)
     try:
         yield store
+    except DatabaseError as error:
+        if not is_damaged_store_error(error):
+            raise
+        raise BadInputError(f"store {shown_url(store.url)} is damaged ({error.orig}); restore it "
+                            "from a copy or use another --db") from error
     finally:
         store.close()
 

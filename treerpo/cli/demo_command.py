@@ -17,6 +17,8 @@ from treerpo.cli.common import (
     stdout_console,
     store_at,
 )
+from treerpo.errors import BadInputError
+from treerpo.limits import INT64_MAX, SEED_MAX
 
 SPARK_BARS = "▁▂▃▄▅▆▇█"
 
@@ -37,15 +39,18 @@ def sparkline(values: list[float], *, width: int = 60) -> tuple[str, float, floa
 
 
 def demo(
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps.")] = 120,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=INT64_MAX,
+                                       help="Training steps.")] = 120,
     eval_problems: Annotated[int, typer.Option(
-        "--eval-problems", min=1, help="Held-out arith problems evaluated before and after."),
+        "--eval-problems", min=1, max=INT64_MAX,
+        help="Held-out arith problems evaluated before and after."),
     ] = 200,
     problems_per_step: Annotated[int, typer.Option(
-        "--problems-per-step", min=1, help="Trees grown and trained on per step.")] = 16,
+        "--problems-per-step", min=1, max=INT64_MAX,
+        help="Trees grown and trained on per step.")] = 16,
     output_dir: Annotated[Path, typer.Option(
         "--output-dir", help="Where the trained policy goes.")] = Path("data/demo"),
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed.")] = 0,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
@@ -71,6 +76,8 @@ def demo(
     from treerpo.bench.tasks import task_settings
     from treerpo.demo import run_demo
 
+    if output_dir.exists() and not output_dir.is_dir():
+        raise BadInputError(f"--output-dir {output_dir} is a file, not a folder")
     settings = replace(task_settings("arith"), steps=steps, eval_problems=eval_problems,
                        problems_per_step=problems_per_step, seed=seed)
     console = stdout_console()

@@ -213,9 +213,12 @@ def _evaluate(config: EvalConfig, *, label: str, title: str, db: str, json_outpu
     """Load the problems (bad data fails before the model loads and before the store is
     touched), the engine, then run the eval with a progress bar and print the summary."""
     from treerpo.engines import create_engine_from_config
+    from treerpo.engines.model_checks import check_model
     from treerpo.eval.runner import load_eval_problems, run_eval
 
     problem_set = load_eval_problems(config)
+    check_model(config.engine.model, trust_remote_code=config.engine.trust_remote_code,
+                max_new_tokens=config.max_new_tokens)
     policy, tokenizer = create_engine_from_config(config.engine)
     console = stdout_console()
     progress = progress_bar(label=label, unit="records", console=console,

@@ -99,6 +99,7 @@ def generate(
                        **opt.growth_config_parts(locals()))
     from treerpo.engines import create_engine_from_config
     from treerpo.engines.loading import policy_version
+    from treerpo.engines.model_checks import check_model_for_growth
     from treerpo.growth.runner import check_run_settings, run_generate
     from treerpo.problems.sources import load_problems
 
@@ -107,6 +108,7 @@ def generate(
     load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
                   limit=data.limit, offset=data.offset, problem_field=data.problem_field,
                   answer_field=data.answer_field)
+    check_model_for_growth(engine=config.engine, tree=config.tree, sampling=config.sampling)
     console = stdout_console()
     progress = progress_bar(label="generate", unit="trees", console=console,
                             disable=json_output, field="rate")

@@ -189,6 +189,11 @@ RewardFn = Annotated[list[str] | None, typer.Option(
     "returning a float in [0, 1] (default: the verified \\boxed{} answer check); repeatable: "
     "the reward is the weighted sum. The working folder is importable.",
     metavar="MODULE:FUNCTION", rich_help_panel=REWARDS)]
+RewardTimeout = Annotated[float, typer.Option(
+    "--reward-timeout", min=0.001, max=1e6, help="Seconds a --reward-fn plug-in may take on "
+    "one leaf before the run stops (plug-ins run in watched worker processes: one that exits, "
+    "crashes or hangs fails the run with its name, the store unchanged).",
+    rich_help_panel=REWARDS)]
 RewardWeights = Annotated[list[str] | None, typer.Option(
     "--reward-weights", help="One weight per --reward-fn, comma-separated or repeated "
     "(default: 1 each).", metavar="W[,W...]", rich_help_panel=REWARDS)]

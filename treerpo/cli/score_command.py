@@ -17,21 +17,23 @@ from treerpo.cli.common import (
     stdout_console,
     store_at,
 )
+from treerpo.limits import INT64_MAX
 
 if TYPE_CHECKING:  # the library loads when the command runs
     from treerpo.scoring.scorer import ScoreStats
 
 def score(
     tree_id: Annotated[list[int] | None, typer.Option(
-        "--tree-id", help="Score only this tree (repeatable).")] = None,
+        "--tree-id", min=1, max=INT64_MAX, help="Score only this tree (repeatable).")] = None,
     run: Annotated[str | None, typer.Option("--run", help="Only trees of this run.")] = None,
     rescore: Annotated[bool, typer.Option(
         "--rescore", help="Recompute trees that are already scored.")] = False,
     reward_fn: opt.RewardFn = None,
     reward_weights: opt.RewardWeights = None,
+    reward_timeout: opt.RewardTimeout = 10.0,
     workers: Annotated[int | None, typer.Option(
-        "--workers", min=1, help="Reward worker processes (default: in this process, or one per "
-        "CPU when the leaves would take more than a few seconds).")] = None,
+        "--workers", min=1, max=INT64_MAX, help="Reward worker processes (default: in this "
+        "process, or one per CPU when the leaves would take more than a few seconds).")] = None,
     db: DbOption = DEFAULT_DB,
     json_output: JsonOption = False,
 ) -> None:
@@ -70,6 +72,7 @@ def score(
         with progress:
             stats = score_stored_trees(
                 store, tree_ids=selected, reward_fn_spec=reward_spec, workers=workers,
+                reward_timeout=reward_timeout,
                 on_progress=lambda done, total: progress.update(task, completed=done,
                                                                 total=total))
     if json_output:

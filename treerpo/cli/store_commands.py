@@ -18,6 +18,7 @@ from treerpo.cli.common import (
     stdout_console,
     store_at,
 )
+from treerpo.limits import INT64_MAX
 from treerpo.store import database, repository
 from treerpo.views import tree_lines, tree_to_json, trees_json, trees_table
 
@@ -27,7 +28,8 @@ db_app = typer.Typer(help="Manage the store's schema (Alembic migrations).", no_
 def trees(
     db: DbOption = DEFAULT_DB,
     run: Annotated[str | None, typer.Option("--run", help="Only trees of this run.")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="At most N trees.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", min=1, max=INT64_MAX, help="At most N trees.")] = None,
     json_output: JsonOption = False,
 ) -> None:
     """List stored trees: id, run, problem, nodes, leaves, depth, tokens, scored, created.
@@ -48,10 +50,12 @@ def trees(
 
 
 def inspect(
-    tree_id: Annotated[int, typer.Argument(help="Id of a stored tree (see `treerpo trees`).")],
+    tree_id: Annotated[int, typer.Argument(
+        min=1, max=INT64_MAX, help="Id of a stored tree (see `treerpo trees`).")],
     db: DbOption = DEFAULT_DB,
     max_depth: Annotated[
-        int | None, typer.Option("--max-depth", min=0, help="Fold nodes below this depth.")
+        int | None, typer.Option("--max-depth", min=0, max=INT64_MAX,
+                                 help="Fold nodes below this depth.")
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="Show whole texts, not snippets.")] = False,
     json_output: JsonOption = False,

@@ -297,7 +297,12 @@ def train(
         eval=_train_eval(dataset=eval_dataset, split=eval_split, limit=eval_limit,
                          steps=eval_steps, logging_steps=logging_steps),
         **opt.growth_config_parts(locals()))
+    from treerpo.engines.model_checks import check_model_for_growth
     from treerpo.training.trainer import TrainCallbacks, run_training
+
+    # The model (and, chained, the flags it bounds) is checked before the store is opened.
+    check_model_for_growth(engine=config.engine, tree=config.tree if config.chained else None,
+                           sampling=config.sampling)
 
     console = stdout_console()
     rows = StepRows(console=console, enabled=not json_output,

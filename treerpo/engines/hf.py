@@ -184,6 +184,11 @@ class HFEngine:
         self.context_tokens_reused = 0
         self.context_tokens_forwarded = 0
 
+    def reseed(self, seed: int) -> None:
+        """Restart the sampling draws at `seed`: the calls that follow sample exactly as a fresh
+        engine seeded `seed` would (generate reseeds per batch, so a resume repeats them)."""
+        self._generator.manual_seed(seed)
+
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy updated weights (e.g. the trainer's `named_parameters()`) into the model."""
         parameters = dict(self.model.named_parameters())

@@ -76,7 +76,7 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _check_model_reference(model: str, *, require_weights: bool = True) -> Path | None:
+def check_model_reference(model: str, *, require_weights: bool = True) -> Path | None:
     """The local folder `model` names, None for a hub id; BadInputError when it is neither."""
     path = Path(model).expanduser()
     if path.is_dir():
@@ -101,7 +101,7 @@ def load_tokenizer(model: str, *, trust_remote_code: bool = False):
     """The model's tokenizer (`AutoTokenizer`), or BadInputError naming the model."""
     from transformers import AutoTokenizer
 
-    _check_model_reference(model, require_weights=False)
+    check_model_reference(model, require_weights=False)
     try:
         return AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -134,7 +134,7 @@ def load_policy(
 
     from treerpo.engines.tree_attention import register_tree_attention
 
-    _check_model_reference(model)
+    check_model_reference(model)
     device = torch.device(device or default_device())
     dtype = resolve_dtype(torch_dtype, device=device)
     attention = resolve_attn_implementation(attn_implementation, device=device,
@@ -150,6 +150,11 @@ def load_policy(
         )
     except (OSError, ValueError) as error:
         raise BadInputError(f"cannot load model {model}: {_first_line(error)}") from error
+    except RuntimeError as error:  # config.json's sizes disagree with the weights
+        if "size mismatch" not in str(error):
+            raise
+        raise BadInputError(f"cannot load model {model}: its config.json does not match its "
+                            f"weights ({_first_line(error)})") from error
     return policy.to(device).eval()
 
 
@@ -177,7 +182,7 @@ def load_generation_config(model: str):
 
 
 def _weight_files(model: str) -> list[Path]:
-    folder = _check_model_reference(model)
+    folder = check_model_reference(model)
     if folder is None:
         from huggingface_hub import snapshot_download
 

@@ -165,7 +165,7 @@ class VLLMEngine:
         self.eos_token_ids = tuple(eos_token_ids)
         self.enable_sleep_mode = enable_sleep_mode
         self.sleeping = False
-        self._seeds = np.random.default_rng(seed)
+        self.reseed(seed)
         os.environ[_IN_PROCESS_VARIABLE] = "0"
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = resolve_dtype(torch_dtype, device=device)
@@ -217,6 +217,10 @@ class VLLMEngine:
             seed=int(self._seeds.integers(_SEED_RANGE)),
             detokenize=False,
         )
+
+    def reseed(self, seed: int) -> None:
+        """Restart the per-request seeds at `seed` (as a fresh engine seeded `seed` draws them)."""
+        self._seeds = np.random.default_rng(seed)
 
     def generate(
         self,

@@ -51,6 +51,7 @@ from treerpo.config import DataConfig, EngineConfig, slug
 from treerpo.engines.base import Engine, GenerationRequest, SamplingSettings
 from treerpo.errors import BadInputError
 from treerpo.eval.voting import majority_vote
+from treerpo.limits import INT64_MAX
 from treerpo.problems.prompts import PromptSettings
 from treerpo.problems.sources import BUILTIN_DATASETS, Problem, ProblemSet, load_problems
 from treerpo.scoring.answers import extract_boxed
@@ -90,10 +91,10 @@ class EvalConfig(BaseModel):
     # What the default run name and the summary call the problems ("gsm8k", "arith", ...).
     benchmark: str = "gsm8k"
     mode: EvalMode = "both"
-    k: int = Field(default=8, ge=1, description="samples per problem for maj@k")
-    max_new_tokens: int = Field(default=1024, ge=1)
+    k: int = Field(default=8, ge=1, le=INT64_MAX, description="samples per problem for maj@k")
+    max_new_tokens: int = Field(default=1024, ge=1, le=INT64_MAX)
     # Problems per round: their requests share one engine call per mode, their records one write.
-    batch_size: int = Field(default=64, ge=1)
+    batch_size: int = Field(default=64, ge=1, le=INT64_MAX)
     data: DataConfig = Field(default_factory=default_eval_data)
     engine: EngineConfig
     prompt: PromptSettings = PromptSettings()

@@ -3,6 +3,12 @@
 Resumable: the run is found by name, problems that already have a tree in the run are skipped,
 and every tree is written with all its nodes in one transaction, so a `kill -9` at any moment
 followed by the same command ends with exactly one complete tree per problem.
+
+Reproducible across resumes: batches are cut from the whole problem list (not from the problems
+left to do) and each batch reseeds the engine with a seed of its own, so a resumed run grows the
+same trees as an uninterrupted one with the same seed and batch size (batches are written all or
+none, so a resume regrows whole batches). Two processes on one run never crash on each other: a
+tree the other process stored first is skipped as done.
 """
 
 from __future__ import annotations
@@ -142,31 +148,49 @@ def run_generate(
                         messages=problem_set.problems[0].messages)
     check_run_settings(store, config)
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
+    keyed = [(repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
+             for p in problem_set.problems]
+    # Read-only checks first, so a refusal leaves the store as it was.
+    repository.refuse_run_of_other_kind(store, name=summary.run_name, kind="generate")
+    repository.check_problems_unchanged(store, keyed)
+    problem_ids = repository.upsert_problems(store, keyed)
     run = repository.get_or_create_run(store, name=summary.run_name, kind="generate",
                                        model=config.engine.model,
                                        config=config.model_dump(mode="json"))
-    problem_ids = repository.upsert_problems(store, [
-        (repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
-        for p in problem_set.problems
-    ])
-    done = repository.completed_problem_ids(store, run_id=run.id)
-    todo = [(problem, problem_id) for problem, problem_id
-            in zip(problem_set.problems, problem_ids, strict=True) if problem_id not in done]
-    summary.problems_already_done = len(problem_set.problems) - len(todo)
-    if on_start is not None:
-        on_start(summary)
-    for batch_index, start in enumerate(range(0, len(todo), config.batch_size)):
-        batch = todo[start:start + config.batch_size]
-        grow_and_store(
-            store=store, engine=engine, tokenizer=tokenizer,
-            problems=[problem for problem, _ in batch],
-            problem_ids=[problem_id for _, problem_id in batch],
-            run_id=run.id, policy_version=policy_version, tokenizer_hash=tokenizer_hash,
-            prompt=config.prompt,
-            tree_settings=config.tree, sampling=config.sampling,
-            seed=config.engine.seed * 1_000_003 + batch_index,
-            summary=summary, on_progress=on_progress,
-        )
+    try:
+        done = repository.completed_problem_ids(store, run_id=run.id)
+        summary.problems_already_done = sum(problem_id in done for problem_id in problem_ids)
+        if on_start is not None:
+            on_start(summary)
+        for batch_index, start in enumerate(range(0, len(problem_ids), config.batch_size)):
+            batch = [(problem, problem_id) for problem, problem_id in zip(
+                problem_set.problems[start:start + config.batch_size],
+                problem_ids[start:start + config.batch_size], strict=True)
+                if problem_id not in done]
+            if not batch:
+                continue
+            seed = batch_seed(config.engine.seed, batch_index)
+            reseed = getattr(engine, "reseed", None)
+            if reseed is not None:
+                reseed(seed)
+            grow_and_store(
+                store=store, engine=engine, tokenizer=tokenizer,
+                problems=[problem for problem, _ in batch],
+                problem_ids=[problem_id for _, problem_id in batch],
+                run_id=run.id, policy_version=policy_version, tokenizer_hash=tokenizer_hash,
+                prompt=config.prompt, tree_settings=config.tree, sampling=config.sampling,
+                seed=seed, summary=summary, on_progress=on_progress,
+            )
+    except BaseException:
+        repository.finish_run(store, run.id, status="failed")
+        raise
     repository.finish_run(store, run.id)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """The seed of batch `batch_index` (counted over the whole problem list) of a run seeded
+    `seed`: distinct for every 0 <= seed < 2**32 and batch index below a million, and below
+    2**63 (every generator accepts it)."""
+    return seed * 1_000_003 + batch_index

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from treerpo.engines.base import SamplingSettings
+from treerpo.limits import INT64_MAX
 
 DEFAULT_SPLIT_DELIMITERS = ["\n", "!", ".", "?", ";", ":"]
 Branching = Literal["resample", "forced"]
@@ -34,21 +35,28 @@ class TreeSettings(BaseModel):
 
     rollout: Literal["tree", "flat"] = "tree"
     branching: Branching = "resample"
-    max_depth: int = Field(default=7, ge=1, description="entropy splits only at depth < this")
-    min_segment_len: int = Field(default=150, ge=1, description="tokens before a split point")
+    max_depth: int = Field(default=7, ge=1, le=INT64_MAX,
+                           description="entropy splits only at depth < this")
+    min_segment_len: int = Field(default=150, ge=1, le=INT64_MAX,
+                                 description="tokens before a split point")
     entropy_threshold: float = Field(
         default=1.0, ge=0.0, description="split when the top-k entropy (nats) exceeds this"
     )
-    entropy_topk: int = Field(default=20, ge=2, description="candidates for entropy/alternatives")
+    entropy_topk: int = Field(default=20, ge=2, le=INT64_MAX,
+                              description="candidates for entropy/alternatives")
     coverage_min_chars: int = Field(
-        default=150, ge=1, description="characters a coverage cut leaves after it"
+        default=150, ge=1, le=INT64_MAX, description="characters a coverage cut leaves after it"
     )
-    coverage_children_max: int = Field(default=4, ge=1, description="children of a coverage cut")
+    coverage_children_max: int = Field(default=4, ge=1, le=INT64_MAX,
+                                       description="children of a coverage cut")
     root_children: int | None = Field(
-        default=None, ge=2, description="children of the root (unset: 4 resample, 2 forced)")
+        default=None, ge=2, le=INT64_MAX,
+        description="children of the root (unset: 4 resample, 2 forced)")
     split_delimiters: list[str] = Field(default_factory=lambda: list(DEFAULT_SPLIT_DELIMITERS))
-    num_generations: int = Field(default=8, ge=2, description="samples per problem (flat)")
-    max_new_tokens: int = Field(default=1300, ge=1, description="completion tokens per path")
+    num_generations: int = Field(default=8, ge=2, le=INT64_MAX,
+                                 description="samples per problem (flat)")
+    max_new_tokens: int = Field(default=1300, ge=1, le=INT64_MAX,
+                                description="completion tokens per path")
 
     @field_validator("split_delimiters")
     @classmethod
@@ -85,7 +93,7 @@ class SamplingConfig(BaseModel):
 
     temperature: float = Field(default=0.6, gt=0.0)
     top_p: float = Field(default=0.85, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=25, ge=1)
+    top_k: int | None = Field(default=25, ge=1, le=INT64_MAX)
     min_p: float | None = Field(default=None, ge=0.0, lt=1.0)
     repetition_penalty: float = Field(default=1.1, gt=0.0)
 

@@ -294,6 +294,9 @@ def _open_window(
         _reject_config(config, dataset)
         return _open_file(_split_file_in_folder(path, split), offset=offset, limit=limit)
     if path.exists():
+        if dataset.endswith(("/", "\\")):  # Path() drops the slash; the user meant a folder
+            raise BadInputError(f"dataset {dataset} ends with a slash but {path} is a file, not "
+                                "a folder: drop the slash")
         _reject_config(config, dataset)
         return _open_file(path, offset=offset, limit=limit)
     if _looks_like_local_path(dataset):

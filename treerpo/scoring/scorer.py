@@ -13,6 +13,11 @@ so does `workers=None` unless the first few hundred leaves show the rest would t
 few seconds: a pool takes a second or two to start, and integer answers (GSM8K) score at tens of
 thousands of leaves per second in one process.
 
+A user's plug-in (`--reward-fn MODULE:FUNCTION`) always runs in watched worker processes
+(`treerpo.scoring.isolation`), each call under `reward_timeout` seconds: a plug-in that exits,
+crashes or hangs is reported as that plug-in's failure, never as treerpo's own exit or a hang.
+The default reward (treerpo's own code) runs as described above.
+
 All or nothing: every reward is computed before any tree is touched, so when a reward function
 fails (RunFailure) the trees keep their previous scores.
 """
@@ -29,7 +34,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from treerpo.errors import RunFailure
-from treerpo.scoring.rewards import resolve_reward_fn
+from treerpo.scoring.isolation import DEFAULT_REWARD_TIMEOUT_S, score_isolated
+from treerpo.scoring.rewards import DEFAULT_REWARD_FN, resolve_reward_fn
 from treerpo.scoring.values import apply_scores
 from treerpo.trees import Tree
 
@@ -71,14 +77,17 @@ def score_trees(
     reward_fn_spec: str | None = None,
     workers: int | None = None,
     on_progress: ProgressFn | None = None,
+    reward_timeout: float = DEFAULT_REWARD_TIMEOUT_S,
 ) -> ScoreStats:
     """Reward every leaf, fill values and advantages, and set `scored` on every tree.
 
     `reward_fn_spec` is "MODULE:FUNCTION" (None: the verified-answer reward). `workers` is the
     number of processes that compute rewards: 1 scores in this process; None scores a first
     chunk here and moves the rest to one worker per CPU only if it would take more than a few
-    seconds here. Raises BadInputError for a reward function that cannot be loaded (before any
-    work) and RunFailure when it fails on a leaf.
+    seconds here. A plug-in runs in `workers` watched processes (None: one per CPU once there
+    are enough leaves), each call within `reward_timeout` seconds. Raises BadInputError for a
+    reward function that cannot be loaded (before any work) and RunFailure when it fails on a
+    leaf (raises, returns a bad value, exits, crashes or times out).
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, not {workers}")
@@ -94,7 +103,12 @@ def score_trees(
     ]
     progress = _Progress(total=len(tasks), on_progress=on_progress)
 
-    if workers == 1:
+    if reward_fn_spec not in (None, DEFAULT_REWARD_FN):
+        used_workers = workers if workers is not None else min(
+            _available_cpus(), max(1, len(tasks) // _PROBE_LEAVES))
+        rewards = score_isolated(tasks, reward_fn_spec=reward_fn_spec, workers=used_workers,
+                                 timeout_s=reward_timeout, on_done=progress.advance)
+    elif workers == 1:
         rewards, used_workers = _score_in_process(tasks, reward_fn_spec, progress), 1
     elif workers is None:
         probe = tasks[:_PROBE_LEAVES]

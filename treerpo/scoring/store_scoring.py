@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from treerpo.errors import BadInputError
+from treerpo.scoring.isolation import DEFAULT_REWARD_TIMEOUT_S
 from treerpo.scoring.rewards import DEFAULT_REWARD_FN, resolve_reward_fn
 from treerpo.scoring.scorer import ProgressFn, ScoreStats, score_trees
 from treerpo.store import repository
@@ -42,11 +43,12 @@ def score_stored_trees(
     reward_fn_spec: str | None = None,
     workers: int | None = None,
     on_progress: ProgressFn | None = None,
+    reward_timeout: float = DEFAULT_REWARD_TIMEOUT_S,
 ) -> ScoreStats:
     """Score the stored trees `tree_ids` and write rewards, values and advantages back."""
     resolve_reward_fn(reward_fn_spec)  # an unloadable function is refused before any work
     trees = repository.load_trees(store, list(tree_ids))
     stats = score_trees(trees, reward_fn_spec=reward_fn_spec, workers=workers,
-                        on_progress=on_progress)
+                        on_progress=on_progress, reward_timeout=reward_timeout)
     repository.update_scores(store, trees=trees, reward_fn=reward_fn_spec or DEFAULT_REWARD_FN)
     return stats

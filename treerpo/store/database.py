@@ -1,14 +1,25 @@
 """Opening a tree store: URL checks, SQLite settings, and Alembic migrations to head.
 
 Every command opens the store through `open_store`, which refuses bad input before writing a
-byte (a malformed URL, a file that is not a SQLite database, a store whose revision this version
-does not know) and then upgrades the schema to head. The CLI (`treerpo db ...`) and the tests call
-the same few functions.
+byte (a malformed URL or one whose driver is not installed, a FIFO or device, a file that is not a
+SQLite database or not a treerpo store, a store whose revision this version does not know) and
+then upgrades the schema to head. Commands that only read (`trees`, `inspect`) open with
+`read_only=True`: a missing store is an error instead of a new file, and SQLite is opened with
+`mode=ro`, so a store in a read-only folder can be listed. The CLI (`treerpo db ...`) and the
+tests call the same few functions.
+
+Concurrency: creating or migrating a store happens under a lock, so two processes opening a new
+store at once never both run the migrations; the second waits and finds the store at head.
+SQLite takes its write lock (`BEGIN IMMEDIATE`) around the Alembic upgrade; PostgreSQL takes a
+transaction-level advisory lock. SQLite stores run in WAL mode (readers never block the writer)
+with a 30 s busy timeout (a writer waits for another's transaction instead of failing).
 """
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +27,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -28,6 +39,13 @@ DEFAULT_DB_URL = "sqlite:///data/treerpo.db"
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Stores up to this size get SQLite's `quick_check` before a command writes into them (a few
+# hundred ms per GiB): a corrupt store is refused before the first write, not half-way.
+QUICK_CHECK_MAX_BYTES = 1 << 30
+# Any 64-bit number: every treerpo process that migrates a PostgreSQL store takes this lock.
+_PG_MIGRATION_LOCK_KEY = 0x7472656572706F  # "treerpo"
+# The password of a `scheme://user:password@host` URL, wherever it appears in a message.
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 
 
 @dataclass
@@ -45,14 +63,32 @@ class Store:
         self.engine.dispose()
 
 
+def mask_password(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` in it replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def shown_url(url: URL) -> str:
+    """A parsed store URL for messages: its password masked."""
+    return url.render_as_string(hide_password=True)
+
+
 def parse_db_url(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as error:
-        raise BadInputError(f"malformed --db URL {url!r}: expected e.g. sqlite:///data/treerpo.db "
-                            "or postgresql+psycopg://user@host/db") from error
+    except (ArgumentError, ValueError) as error:  # ValueError: a port that is not a number
+        raise BadInputError(f"malformed --db URL {mask_password(url)!r}: expected e.g. "
+                            "sqlite:///data/treerpo.db or postgresql+psycopg://user@host/db"
+                            ) from error
     if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
-        raise BadInputError(f"unsupported --db URL {url!r}: use sqlite:///PATH or postgresql://...")
+        raise BadInputError(f"unsupported --db URL {shown_url(parsed)!r}: use sqlite:///PATH or "
+                            "postgresql+psycopg://...")
+    try:
+        parsed.get_dialect().import_dbapi()
+    except (NoSuchModuleError, ImportError) as error:
+        raise BadInputError(f"--db URL {shown_url(parsed)!r}: driver {parsed.drivername!r} is not "
+                            "available (use sqlite:///PATH or postgresql+psycopg://...; "
+                            "PostgreSQL needs `pip install treerpo[postgres]`)") from error
     return parsed
 
 
@@ -72,7 +108,7 @@ def display_url(url: str) -> str:
         return f"sqlite:///{path.absolute()}"
     if parsed.get_backend_name() == "sqlite":
         return "sqlite:// (in memory)"
-    return parsed.render_as_string(hide_password=True)
+    return shown_url(parsed)
 
 
 def alembic_config(connection=None) -> Config:
@@ -94,8 +130,25 @@ def head_revision() -> str:
     return head
 
 
+def _check_is_regular_file(path: Path) -> None:
+    """Refuse a folder, FIFO, device or socket before SQLite opens it (a FIFO would block
+    forever; a device would get a `-journal` file created beside it)."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise BadInputError(f"cannot read store {path}: {error.strerror}") from error
+    if stat.S_ISDIR(mode):
+        raise BadInputError(f"--db points at a folder, not a file: {path}")
+    if not stat.S_ISREG(mode):
+        raise BadInputError(f"--db points at {path}, which is not a regular file "
+                            "(a FIFO, device or socket); give a store file path")
+
+
 def _check_sqlite_file(path: Path) -> str | None:
     """Refuse a file that is not a SQLite database; return its Alembic revision (read-only)."""
+    _check_is_regular_file(path)
     if not path.exists():
         return None
     try:
@@ -139,10 +192,25 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
-def _create_engine(url: URL) -> Engine:
+def _set_sqlite_read_only_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.close()
+
+
+def _create_engine(url: URL, *, read_only: bool = False) -> Engine:
     if url.get_backend_name() == "sqlite":
-        kwargs: dict = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}}
-        if sqlite_path(url) is None:
+        path = sqlite_path(url)
+        timeout = SQLITE_BUSY_TIMEOUT_MS / 1000
+        if read_only and path is not None:
+            # mode=ro: nothing is created or written, and a read-only folder is fine.
+            uri = f"file:{path.absolute().as_posix()}?mode=ro"
+            engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(
+                uri, uri=True, timeout=timeout, check_same_thread=False))
+            event.listen(engine, "connect", _set_sqlite_read_only_pragmas)
+            return engine
+        kwargs: dict = {"connect_args": {"timeout": timeout}}
+        if path is None:
             kwargs["poolclass"] = StaticPool  # one shared in-memory database
         engine = create_engine(url, **kwargs)
         event.listen(engine, "connect", _set_sqlite_pragmas)
@@ -166,21 +234,28 @@ def _refuse_unknown_revision(revision: str | None, where: str) -> None:
         )
 
 
-def open_store(url: str, *, upgrade: bool = True, create: bool = True) -> Store:
+def open_store(url: str, *, upgrade: bool = True, create: bool = True,
+               read_only: bool = False) -> Store:
     """Open (and by default migrate to head) the store at `url`.
 
     Bad input raises `BadInputError` before anything is written. With `create=False` (commands
-    that only read) a store that does not exist yet is refused instead of created.
+    that only read) a store that does not exist yet is refused instead of created. `read_only`
+    implies that, and SQLite is then opened with `mode=ro` when the store is at head (an older
+    store is migrated first, which writes).
     """
     parsed = parse_db_url(url)
     path = sqlite_path(parsed)
+    must_exist = read_only or not create
+    revision: str | None = None
     if path is not None:
         if path.is_dir():
             raise BadInputError(f"--db points at a folder, not a file: {path}")
-        if not create and (not path.exists() or path.stat().st_size == 0):
+        if must_exist and (not path.exists() or path.stat().st_size == 0):
             raise _missing_store(display_url(url))
         revision = _check_sqlite_file(path)
         _refuse_unknown_revision(revision, str(path))
+        if read_only and revision == head_revision():
+            return _store(parsed, _create_engine(parsed, read_only=True))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -190,19 +265,35 @@ def open_store(url: str, *, upgrade: bool = True, create: bool = True) -> Store:
     try:
         if path is None:
             revision = _current_revision_of(engine)
-            _refuse_unknown_revision(revision, parsed.render_as_string(hide_password=True))
-            if not create and revision is None and parsed.get_backend_name() != "sqlite":
+            _refuse_unknown_revision(revision, shown_url(parsed))
+            if must_exist and revision is None and parsed.get_backend_name() != "sqlite":
                 raise _missing_store(display_url(url))
         if upgrade and revision != head_revision():
             upgrade_engine(engine)
+        if path is not None and not read_only:
+            _refuse_corrupt_sqlite(engine, path)
     except OperationalError as error:
         engine.dispose()
-        raise BadInputError(f"cannot open store {parsed.render_as_string(hide_password=True)}: "
-                            f"{error.orig}") from error
+        raise BadInputError(f"cannot open store {shown_url(parsed)}: "
+                            f"{mask_password(str(error.orig))}") from error
+    except DatabaseError as error:
+        if not is_damaged_store_error(error):
+            raise
+        engine.dispose()
+        raise BadInputError(f"store {shown_url(parsed)} is damaged: {error.orig}") from error
     except BaseException:
         engine.dispose()
         raise
-    return Store(url=parsed, engine=engine,
+    return _store(parsed, engine)
+
+
+def is_damaged_store_error(error: DatabaseError) -> bool:
+    """A SQLite error that says the file is damaged (not a lock, a constraint or a bug)."""
+    return type(error.orig) is sqlite3.DatabaseError
+
+
+def _store(url: URL, engine: Engine) -> Store:
+    return Store(url=url, engine=engine,
                  session_factory=sessionmaker(engine, expire_on_commit=False))
 
 
@@ -210,11 +301,31 @@ def _missing_store(where: str) -> BadInputError:
     return BadInputError(f"no store at {where}: nothing has been written there yet (generate, "
                          "train or `treerpo db upgrade` create it; --db or TREERPO_DB choose "
                          "another)")
+def _refuse_corrupt_sqlite(engine: Engine, path: Path) -> None:
+    """SQLite's `quick_check` on stores up to QUICK_CHECK_MAX_BYTES, before a command writes."""
+    if path.stat().st_size > QUICK_CHECK_MAX_BYTES:
+        return
+    with engine.connect() as connection:
+        problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check(3)")]
+    if problems != ["ok"]:
+        raise BadInputError(f"store {path} is damaged ({'; '.join(problems)}); restore it from "
+                            "a copy or start a new store with another --db")
 
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
-    with engine.begin() as connection:
-        command.upgrade(alembic_config(connection), revision)
+    """Migrate to `revision` under a lock, so concurrent openers of a new or old store migrate it
+    once: the first takes the lock and upgrades, the others wait, then find nothing to do."""
+    with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # The write lock (waits up to the busy timeout for another opener's migration).
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": _PG_MIGRATION_LOCK_KEY})
+        current = MigrationContext.configure(connection).get_current_revision()
+        if revision != "head" or current != head_revision():
+            command.upgrade(alembic_config(connection), revision)
+        connection.commit()
 
 
 def current_revision(url: str) -> str | None:
@@ -227,6 +338,7 @@ def current_revision(url: str) -> str | None:
     try:
         return _current_revision_of(engine)
     except OperationalError as error:
-        raise BadInputError(f"cannot open store: {error.orig}") from error
+        raise BadInputError(f"cannot open store {shown_url(parsed)}: "
+                            f"{mask_password(str(error.orig))}") from error
     finally:
         engine.dispose()

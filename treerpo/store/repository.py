@@ -4,6 +4,9 @@ Every write is one short transaction: a tree is inserted with all its nodes at o
 either fully visible or absent), scores are updated in bulk, runs and problems are upserted.
 Nodes go through SQLAlchemy Core `executemany` (no ORM objects per node): a tree of thousands of
 nodes is one round trip.
+
+Concurrent writers never crash on each other: runs, problems and trees are upserted through
+`treerpo.store.writes` (a lost race reads back the winner's row).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.orm import Session
 
 from treerpo.errors import BadInputError
 from treerpo.provenance import TreeProvenance
@@ -36,8 +40,10 @@ from treerpo.store.runs import (  # noqa: F401 (re-exported: stages reach runs t
     get_or_create_run,
     list_runs,
     nearest_names,
+    refuse_run_of_other_kind,
     stored_run_config,
 )
+from treerpo.store.writes import insert_ignoring_conflicts, write_transaction
 from treerpo.trees import Tree, TreeNode
 
 
@@ -66,38 +72,74 @@ class TreeSummary:
     created_at: datetime
 
 
+def _stored_problems(
+    session: Session, keys: Iterable[ProblemKey]
+) -> dict[ProblemKey, tuple[int, str, str]]:
+    """key → (id, problem text, reference) of the stored problems among `keys`."""
+    found: dict[ProblemKey, tuple[int, str, str]] = {}
+    by_dataset: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for key in dict.fromkeys(keys):
+        by_dataset[(key.dataset, key.split)].append(key.row_index)
+    for (dataset, split), rows in by_dataset.items():
+        for start in range(0, len(rows), 500):
+            chunk = rows[start:start + 500]
+            for problem_id, row_index, text, reference in session.execute(
+                select(ProblemRow.id, ProblemRow.row_index, ProblemRow.problem,
+                       ProblemRow.reference).where(
+                    ProblemRow.dataset == dataset,
+                    ProblemRow.split == split,
+                    ProblemRow.row_index.in_(chunk),
+                )
+            ):
+                found[ProblemKey(dataset, split, row_index)] = (problem_id, text, reference)
+    return found
+
+
+def _refuse_changed_problems(
+    problems: Sequence[tuple[ProblemKey, str, str]],
+    stored: dict[ProblemKey, tuple[int, str, str]],
+) -> None:
+    for key, text, reference in problems:
+        if key not in stored:
+            continue
+        problem_id, stored_text, stored_reference = stored[key]
+        if (stored_text, stored_reference) != (storable_text(text), storable_text(reference)):
+            what = "problem text" if stored_text != storable_text(text) else "reference answer"
+            raise BadInputError(
+                f"row {key.row_index} of {key.dataset} ({key.split}) has a different {what} than "
+                f"when it was stored (problem {problem_id}): its trees would no longer match it. "
+                "Restore the dataset, or save the changed file under a new name (new problems)")
+
+
+def check_problems_unchanged(store: Store, problems: Sequence[tuple[ProblemKey, str, str]]) -> None:
+    """BadInputError when a stored problem's row now has another text or reference (read-only:
+    a command calls it before its first write)."""
+    with store.session() as session:
+        _refuse_changed_problems(problems, _stored_problems(
+            session, [key for key, _, _ in problems]))
+
+
 def upsert_problems(
     store: Store, problems: Sequence[tuple[ProblemKey, str, str]]
 ) -> list[int]:
     """Insert the (key, problem text, reference) triples not stored yet; return every id, in
-    order. A stored problem keeps its text (the first writer wins)."""
-    ids: dict[ProblemKey, int] = {}
-    with store.session() as session, session.begin():
-        by_dataset: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for key, _, _ in problems:
-            by_dataset[(key.dataset, key.split)].append(key.row_index)
-        for (dataset, split), rows in by_dataset.items():
-            for start in range(0, len(rows), 500):
-                chunk = rows[start:start + 500]
-                found = session.execute(
-                    select(ProblemRow.id, ProblemRow.row_index).where(
-                        ProblemRow.dataset == dataset,
-                        ProblemRow.split == split,
-                        ProblemRow.row_index.in_(chunk),
-                    )
-                )
-                for problem_id, row_index in found:
-                    ids[ProblemKey(dataset, split, row_index)] = problem_id
-        missing = [(key, text, ref) for key, text, ref in problems if key not in ids]
-        for key, text, reference in missing:
-            if key in ids:  # the same row twice in one call
-                continue
-            row = ProblemRow(dataset=key.dataset, split=key.split, row_index=key.row_index,
-                             problem=storable_text(text), reference=storable_text(reference))
-            session.add(row)
-            session.flush()
-            ids[key] = row.id
-    return [ids[key] for key, _, _ in problems]
+    order. A row whose text or reference differs from the stored problem's is refused
+    (BadInputError, nothing written): a dataset file edited in place would otherwise get new
+    trees filed under the old problem."""
+    rows: dict[ProblemKey, dict[str, Any]] = {}
+    for key, text, reference in problems:
+        rows.setdefault(key, {"dataset": key.dataset, "split": key.split,
+                              "row_index": key.row_index, "problem": storable_text(text),
+                              "reference": storable_text(reference), "created_at": utcnow()})
+    statement = insert_ignoring_conflicts(store, ProblemRow,
+                                           unique_columns=["dataset", "split", "row_index"])
+    with write_transaction(store) as session:
+        values = list(rows.values())
+        for start in range(0, len(values), 500):
+            session.execute(statement, values[start:start + 500])
+        stored = _stored_problems(session, rows)
+        _refuse_changed_problems(problems, stored)
+    return [stored[key][0] for key, _, _ in problems]
 
 
 def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[int]:
@@ -153,9 +195,15 @@ def write_trees(
     """Insert several whole trees in one transaction (all or none); returns their ids and sets
     `tree.tree_id` and `tree.problem_id` on each. One statement for the tree rows, one for all
     their nodes. `policy_version` and `tokenizer_hash` are the trees' provenance
-    (`treerpo.provenance`); None records an unknown tokenizer."""
+    (`treerpo.provenance`); None records an unknown tokenizer.
+
+    A tree whose (run, problem, epoch) another process stored meanwhile is skipped, not an
+    error: it is already done, and its id is the stored tree's."""
     if not trees:
         return []
+    if len(set(problem_ids)) != len(problem_ids):
+        raise ValueError("write_trees: one tree per problem (a run has one tree per problem "
+                         "and epoch)")
     created_at = utcnow()
     tree_rows = [
         {
@@ -176,14 +224,23 @@ def write_trees(
         }
         for tree, problem_id in zip(trees, problem_ids, strict=True)
     ]
-    with store.session() as session, session.begin():
+    statement = insert_ignoring_conflicts(
+        store, TreeRow, unique_columns=["run_id", "problem_id", "epoch"]
+    ).returning(TreeRow.id, TreeRow.problem_id)
+    with write_transaction(store) as session:
         connection = session.connection()
-        tree_ids = list(connection.execute(
-            insert(TreeRow).returning(TreeRow.id, sort_by_parameter_order=True), tree_rows
-        ).scalars())
-        _insert_nodes(connection, [_node_row(tree_id, node)
-                                   for tree, tree_id in zip(trees, tree_ids, strict=True)
+        inserted = dict(
+            (problem_id, tree_id)
+            for tree_id, problem_id in connection.execute(statement, tree_rows))
+        _insert_nodes(connection, [_node_row(inserted[problem_id], node)
+                                   for tree, problem_id in zip(trees, problem_ids, strict=True)
+                                   if problem_id in inserted
                                    for node in tree.nodes])
+        lost = [problem_id for problem_id in problem_ids if problem_id not in inserted]
+        if lost:
+            inserted.update(trees_of_problems_in(session, run_id=run_id, problem_ids=lost,
+                                                 epoch=epoch))
+    tree_ids = [inserted[problem_id] for problem_id in problem_ids]
     for tree, tree_id, problem_id in zip(trees, tree_ids, problem_ids, strict=True):
         tree.tree_id = tree_id
         tree.problem_id = problem_id
@@ -199,6 +256,8 @@ _SQLITE_NODE_INSERT = (
 
 
 def _insert_nodes(connection, rows: list[tuple[Any, ...]]) -> None:
+    if not rows:  # every tree of the batch was stored by another process
+        return
     # On SQLite, handing plain tuples to the driver's executemany doubles the write rate over
     # SQLAlchemy's per-row parameter processing (the columns need no type conversion).
     if connection.dialect.paramstyle == "qmark":
@@ -516,7 +575,13 @@ def trees_of_problems(
     """problem id → tree id of the trees the run already grew for these problems this epoch
     (chained training reuses them after a restart instead of growing a duplicate)."""
     with store.session() as session:
-        rows = session.execute(select(TreeRow.problem_id, TreeRow.id).where(
-            TreeRow.run_id == run_id, TreeRow.epoch == epoch,
-            TreeRow.problem_id.in_(list(problem_ids))))
-        return {problem_id: tree_id for problem_id, tree_id in rows}
+        return trees_of_problems_in(session, run_id=run_id, problem_ids=problem_ids, epoch=epoch)
+
+
+def trees_of_problems_in(
+    session: Session, *, run_id: int, problem_ids: Sequence[int], epoch: int
+) -> dict[int, int]:
+    rows = session.execute(select(TreeRow.problem_id, TreeRow.id).where(
+        TreeRow.run_id == run_id, TreeRow.epoch == epoch,
+        TreeRow.problem_id.in_(list(problem_ids))))
+    return {problem_id: tree_id for problem_id, tree_id in rows}

@@ -17,25 +17,36 @@ from sqlalchemy import func, select, update
 from treerpo.errors import BadInputError
 from treerpo.store.database import Store
 from treerpo.store.models import EvalResultRow, RunRow, TrainStepRow, TreeRow, utcnow
+from treerpo.store.writes import insert_ignoring_conflicts, write_transaction
+
+
+def refuse_run_of_other_kind(store: Store, *, name: str, kind: str) -> None:
+    """BadInputError when a run called `name` exists with another kind (read-only: a command
+    calls it before its first write)."""
+    with store.session() as session:
+        existing = session.scalar(select(RunRow.kind).where(RunRow.name == name))
+    if existing is not None and existing != kind:
+        raise BadInputError(f"run {name!r} already exists as a {existing} run; "
+                            "choose another --run name")
 
 
 def get_or_create_run(
     store: Store, *, name: str, kind: str, model: str, config: dict[str, Any]
 ) -> RunRow:
     """The run called `name`, created if new. An existing run keeps its first configuration
-    (resuming); a run of another kind with the same name is refused."""
-    with store.session() as session, session.begin():
-        run = session.scalars(select(RunRow).where(RunRow.name == name)).one_or_none()
-        if run is None:
-            run = RunRow(name=name, kind=kind, model=model, config=config, status="running")
-            session.add(run)
-            session.flush()
-        elif run.kind != kind:
+    (resuming); a run of another kind with the same name is refused. Two processes creating the
+    same run at once both get the one row."""
+    with write_transaction(store) as session:
+        session.execute(
+            insert_ignoring_conflicts(store, RunRow, unique_columns=["name"]),
+            {"name": name, "kind": kind, "model": model, "config": config, "status": "running",
+             "started_at": utcnow()})
+        run = session.scalars(select(RunRow).where(RunRow.name == name)).one()
+        if run.kind != kind:
             raise BadInputError(f"run {name!r} already exists as a {run.kind} run; "
                                 "choose another --run name")
-        else:
-            run.status = "running"
-            run.finished_at = None
+        run.status = "running"
+        run.finished_at = None
         return run
 
 

@@ -24,7 +24,8 @@ optimizer moments are exact), so `--save-dtype float32` is the choice for exact 
 A checkpoint is first written to a hidden temporary folder in `output_dir` and then renamed (one
 atomic `rename` on POSIX): a crash midway leaves at most a `.tmp-checkpoint-*` folder that no
 reader looks at, never a half `checkpoint-STEP`. Rotation (`save_total_limit`) deletes the oldest
-complete checkpoints after the new one is in place.
+complete checkpoints after the new one is in place. The next start removes the temporary folders
+a killed run left (`remove_stale_temporaries`: at real scale each is a whole checkpoint).
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ CONFIG_FILE = "train_config.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 _CHECKPOINT_NAME = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
+# `write_atomically`'s temporary folders: .tmp-NAME-PID, and .tmp-stale-NAME-PID (the folder it
+# replaces, held for the instant between two renames).
+_TEMPORARY_NAME = re.compile(r"^\.tmp-(stale-)?(.+)-(\d+)$")
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -68,6 +72,36 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
         if match and child.is_dir():
             found.append((int(match.group(1)), child))
     return [path for _, path in sorted(found)]
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(output_dir: Path) -> list[Path]:
+    """Delete the temporary folders of `write_atomically` whose writer process is gone (killed
+    mid-write); returns what was removed. A `.tmp-stale-NAME-PID` whose NAME is missing (killed
+    between the two renames) is the last complete NAME: it is renamed back instead."""
+    if not output_dir.is_dir():
+        return []
+    removed = []
+    for child in sorted(output_dir.iterdir()):
+        match = _TEMPORARY_NAME.match(child.name)
+        if match is None or not child.is_dir() or _process_is_alive(int(match.group(3))):
+            continue
+        final = output_dir / match.group(2)
+        if match.group(1) and not final.exists():
+            child.rename(final)
+            continue
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
 
 
 def resolve_checkpoint(reference: str, *, output_dir: Path) -> Path:

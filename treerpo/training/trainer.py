@@ -422,6 +422,9 @@ def _run_training(
     say = callbacks.on_message if main else (lambda message: None)
     opt = config.optimization
     output_dir = Path(config.output_dir).expanduser()
+    if main:
+        for leftover in checkpoints.remove_stale_temporaries(output_dir):
+            say(f"removed {leftover.name}, left by a run killed while writing it")
     run_name = config.resolved_run_name()
     summary = TrainSummary(run_name=run_name, output_dir=str(output_dir), is_main_process=main)
     evaluator = None
