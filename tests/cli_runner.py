@@ -21,6 +21,13 @@ class CliResult:
         return json.loads(self.stdout)
 
 
+def error_lines(stderr: str) -> list[str]:
+    """stderr's lines after the `store: URL` line a command that writes opens with: a failure
+    should leave exactly one."""
+    lines = stderr.strip().splitlines()
+    return lines[1:] if lines and lines[0].startswith("store: ") else lines
+
+
 def run_cli(*args: str) -> CliResult:
     stdout, stderr = io.StringIO(), io.StringIO()
     with redirect_stdout(stdout), redirect_stderr(stderr):

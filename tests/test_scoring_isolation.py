@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import error_lines, run_cli
 
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.store import database, repository
@@ -72,7 +72,7 @@ def test_a_misbehaving_plugin_is_reported_as_its_own_failure(store_path, name, w
                      "--reward-timeout", "1", *extra)
     assert time.monotonic() - started < 60
     assert result.exit_code == 1, (result.exit_code, result.stderr)
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and spec in lines[0] and EXPECTED[name] in lines[0], lines
     assert _dump(store_path) == before
     sys.modules.pop(spec.split(":")[0], None)

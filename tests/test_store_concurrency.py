@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import error_lines, run_cli
 
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.errors import BadInputError
@@ -140,7 +140,7 @@ def test_generate_on_an_edited_dataset_file_is_refused_untouched(tiny_model_dir,
     before = _dump(tmp_path / "store.db")
     result = _generate(tiny_model_dir, dataset, db_url, "--run", "b")
     assert result.exit_code == 2
-    assert "row 1 of" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "row 1 of" in result.stderr and len(error_lines(result.stderr)) == 1
     assert _dump(tmp_path / "store.db") == before
 
 

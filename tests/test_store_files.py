@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import error_lines, run_cli
 from sqlalchemy.exc import OperationalError
 
 from treerpo.bench.synthetic import synthetic_tree
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _one_line_exit_2(result) -> str:
     assert result.exit_code == 2, (result.exit_code, result.stderr)
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and "unexpected" not in lines[0] and "Traceback" not in result.stderr
     return lines[0]
 

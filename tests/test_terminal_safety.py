@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import error_lines, run_cli
 
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.store import database, repository
@@ -45,7 +45,7 @@ def test_url_passwords_are_masked_in_every_message(url):
     result = run_cli("trees", "--db", url)
     assert result.exit_code == 2, result.stderr
     assert "s3cret" not in result.stderr and "s3cret" not in result.stdout
-    assert len(result.stderr.strip().splitlines()) == 1 and "unexpected" not in result.stderr
+    assert len(error_lines(result.stderr)) == 1 and "unexpected" not in result.stderr
 
 
 def test_error_lines_escape_control_characters(tmp_path):

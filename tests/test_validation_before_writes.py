@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from cli_runner import error_lines, run_cli
 
 from treerpo.bench.synthetic import synthetic_tree
 from treerpo.store import database, repository
@@ -46,7 +46,7 @@ def assert_refused_untouched(store_path: Path, *args: str, expect: str) -> str:
     before = dump(store_path)
     result = run_cli(*args, "--db", f"sqlite:///{store_path}")
     assert result.exit_code == 2, (result.exit_code, result.stderr)
-    lines = result.stderr.strip().splitlines()
+    lines = error_lines(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert expect in lines[0], lines[0]
     assert dump(store_path) == before

@@ -250,10 +250,10 @@ def open_store(url: str, *, upgrade: bool = True, create: bool = True,
     if path is not None:
         if path.is_dir():
             raise BadInputError(f"--db points at a folder, not a file: {path}")
+        revision = _check_sqlite_file(path)  # a FIFO, a device, a foreign file: refused
+        _refuse_unknown_revision(revision, str(path))
         if must_exist and (not path.exists() or path.stat().st_size == 0):
             raise _missing_store(display_url(url))
-        revision = _check_sqlite_file(path)
-        _refuse_unknown_revision(revision, str(path))
         if read_only and revision == head_revision():
             return _store(parsed, _create_engine(parsed, read_only=True))
         try:
