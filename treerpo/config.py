@@ -109,6 +109,10 @@ class GenerateConfig(_Strict):
     sampling: SamplingConfig = SamplingConfig()
     # Problems whose trees grow together: each wave batches their requests.
     batch_size: int = Field(default=16, ge=1, le=INT64_MAX)
+    # Workers sharing the run (`treerpo.growth.runner`): this one's name on its trees and claims
+    # (None: host:pid), and how long a claimed batch stays its own without a renewal.
+    worker_name: str | None = Field(default=None, min_length=1, max_length=256)
+    lease_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
 
     @model_validator(mode="after")
     def _growth_settings_agree(self) -> GenerateConfig:
@@ -141,7 +145,8 @@ class GenerateConfig(_Strict):
         trees: the same command resumes the same run, a changed flag starts a new one."""
         if self.run_name:
             return self.run_name
-        shaping = self.model_dump(mode="json", exclude={"run_name", "batch_size"})
+        shaping = self.model_dump(mode="json", exclude={"run_name", "batch_size", "worker_name",
+                                                        "lease_seconds"})
         shaping["engine"] = {k: v for k, v in shaping["engine"].items()
                              if k in _TREE_SHAPING_ENGINE_FIELDS}
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from treerpo.cli.common import JsonOption, print_json, stdout_console
+from treerpo.errors import BadInputError
 
 if TYPE_CHECKING:
     from treerpo.bench.learn_bench import GoalVerdict
@@ -148,6 +149,56 @@ def bench_generate(
         (f"s per leaf, tree ÷ flat (median of {len(result.round_ratios)})",
          f"{result.seconds_per_leaf_ratio:.2f}", "≤ 0.6"),
     ]))
+
+
+@bench_app.command("workers")
+def bench_workers(
+    workers: str = typer.Option("1,2", "--workers", help="Worker counts, one round each."),
+    problems: int = typer.Option(16, "--problems", min=1, max=5000,
+                                 help="arith problems of the shared run."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", min=8, max=4096,
+                                       help="Path budget of each tree."),
+    json_output: JsonOption = False,
+) -> None:
+    """Trees per second with 1 and 2 `treerpo generate` processes sharing one run on one SQLite
+    store (the shipped tiny arith policy, one problem per batch, one thread per process), and the
+    share of the workers' time spent in the store (writing trees, claiming batches).
+
+    Examples:
+
+        treerpo bench workers
+
+        treerpo bench workers --workers 1,2,3 --problems 32 --json
+    """
+    from treerpo.bench.workers_bench import run_workers_round
+
+    try:
+        counts = [int(count) for count in workers.split(",")]
+    except ValueError as error:
+        raise BadInputError(f"--workers {workers!r}: comma-separated counts, e.g. 1,2") from error
+    if not counts or any(count < 1 or count > 16 for count in counts):
+        raise BadInputError(f"--workers {workers!r}: counts from 1 to 16")
+    rounds = [run_workers_round(workers=count, problems=problems, max_new_tokens=max_new_tokens)
+              for count in counts]
+    base = rounds[0].trees_per_second
+    if json_output:
+        print_json([{"workers": r.workers, "trees": r.trees,
+                     "wall_seconds": round(r.wall_seconds, 2),
+                     "trees_per_second": round(r.trees_per_second, 3),
+                     "store_share": round(r.store_share, 4),
+                     "trees_per_worker": r.trees_per_worker} for r in rounds])
+        return
+    table = Table(title=f"bench workers · {problems} arith problems, one store (SQLite)")
+    for header in ("workers", "trees", "wall s", "trees / s", f"vs {rounds[0].workers}",
+                   "store share", "trees per worker"):
+        table.add_column(header, justify="right" if header != "trees per worker" else "left")
+    for r in rounds:
+        table.add_row(f"{r.workers}", f"{r.trees}", f"{r.wall_seconds:.1f}",
+                      f"{r.trees_per_second:.2f}", f"{r.trees_per_second / base:.2f}x",
+                      f"{r.store_share:.1%}",
+                      ", ".join(f"{name} {count}" for name, count in
+                                sorted(r.trees_per_worker.items())))
+    stdout_console().print(table)
 
 
 @bench_app.command("replay")

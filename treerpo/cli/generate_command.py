@@ -19,6 +19,7 @@ from treerpo.cli.common import (
     validated,
 )
 from treerpo.config import GenerateConfig
+from treerpo.views import safe_text
 
 if TYPE_CHECKING:  # the library loads when the command runs
     from treerpo.growth.runner import GenerateSummary
@@ -40,6 +41,13 @@ def generate(
         "resumes the same run).")] = None,
     batch_size: Annotated[int, typer.Option(
         "--batch-size", help="Problems grown together (their requests share every wave).")] = 16,
+    worker_name: Annotated[str | None, typer.Option(
+        "--worker-name", help="This process's name on its trees and claims, when several "
+        "generate processes share the run (default: host:pid).")] = None,
+    lease_seconds: Annotated[float, typer.Option(
+        "--lease-seconds", help="A claimed batch stays this worker's for this long without a "
+        "renewal (renewed every third of it while it grows); a killed worker's batches are "
+        "taken over after it.")] = 60.0,
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
     bf16: opt.Bf16 = False,
@@ -96,6 +104,7 @@ def generate(
         treerpo generate --model ./my-model --dataset arith --rollout flat --num-generations 8
     """
     config = validated(GenerateConfig, run_name=run, batch_size=batch_size,
+                       worker_name=worker_name, lease_seconds=lease_seconds,
                        **opt.growth_config_parts(locals()))
     from treerpo.engines import create_engine_from_config
     from treerpo.engines.loading import policy_version
@@ -146,7 +155,9 @@ def summary_json(summary: GenerateSummary) -> dict:
         "tokens_decoded": summary.tokens_decoded, "unique_tokens": summary.unique_tokens,
         "skipped_rows": summary.problems_skipped_rows,
         "already_done": summary.problems_already_done, "seconds": round(summary.seconds, 3),
-        "tree_ids": summary.tree_ids,
+        "store_seconds": round(summary.store_seconds, 3),
+        "tree_ids": summary.tree_ids, "worker": summary.worker,
+        "trees_per_worker": summary.trees_per_worker,
     }
 
 
@@ -165,6 +176,12 @@ def summary_table(summary: GenerateSummary) -> Table:
         ("unique tree tokens", f"{summary.unique_tokens:,}"),
         ("seconds", f"{summary.seconds:.1f}"),
     ]
+    if len(summary.trees_per_worker) > 1:  # several workers shared the run: each one's share
+        total = sum(summary.trees_per_worker.values())
+        rows += [(f"trees by {safe_text(worker or '(unnamed)')}"
+                  + (" (this one)" if worker == summary.worker else ""),
+                  f"{count} ({count / total:.0%})")
+                 for worker, count in sorted(summary.trees_per_worker.items())]
     for row in rows:
         table.add_row(*row)
     return table

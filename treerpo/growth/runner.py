@@ -7,8 +7,15 @@ followed by the same command ends with exactly one complete tree per problem.
 Reproducible across resumes: batches are cut from the whole problem list (not from the problems
 left to do) and each batch reseeds the engine with a seed of its own, so a resumed run grows the
 same trees as an uninterrupted one with the same seed and batch size (batches are written all or
-none, so a resume regrows whole batches). Two processes on one run never crash on each other: a
-tree the other process stored first is skipped as done.
+none, so a resume regrows whole batches).
+
+Many workers, one run: any number of processes started with the same command share the run's
+batches. Each claims the next free batch with a lease (`treerpo.store.claims`), renewed while it
+grows (`LeaseKeeper`), stores its trees in one transaction, releases the claim and claims the
+next; when every batch left is another live worker's, it waits, and takes over a batch whose
+lease ran out (a killed worker). It stops when every problem of the run has its tree. A tree
+another process stored first is skipped as done, so there is exactly one tree per problem
+whatever crashes; the claims only keep workers from growing the same batch.
 """
 
 from __future__ import annotations
@@ -22,11 +29,12 @@ from treerpo.config import GenerateConfig
 from treerpo.engines.base import Engine
 from treerpo.errors import BadInputError
 from treerpo.growth.grower import grow_trees
+from treerpo.growth.leases import LeaseKeeper, default_worker_name
 from treerpo.growth.settings import SamplingConfig, TreeSettings
 from treerpo.problems.prompts import PromptSettings
 from treerpo.problems.sources import Problem, load_problems
 from treerpo.provenance import tokenizer_fingerprint
-from treerpo.store import repository
+from treerpo.store import claims, repository
 from treerpo.store.database import Store
 from treerpo.trees import Tree
 
@@ -44,7 +52,11 @@ class GenerateSummary:
     tokens_decoded: int = 0
     unique_tokens: int = 0
     seconds: float = 0.0
+    store_seconds: float = 0.0  # writing trees and claiming/releasing batches
     tree_ids: list[int] = field(default_factory=list)
+    worker: str = ""  # this process's --worker-name
+    # The run's trees per worker once this one is done (every worker's share, this one's too).
+    trees_per_worker: dict[str, int] = field(default_factory=dict)
 
     @property
     def leaves_per_tree(self) -> float:
@@ -65,6 +77,7 @@ def grow_and_store(
     policy_version: str,
     prompt: PromptSettings,
     tokenizer_hash: str | None = None,
+    worker: str | None = None,
     tree_settings: TreeSettings,
     sampling: SamplingConfig,
     seed: int,
@@ -94,10 +107,13 @@ def grow_and_store(
         tree.rollout = tree_settings.rollout
     # One transaction for the batch: its trees grew together, so a crash before this point
     # loses all of them anyway; after it, every one is complete and visible.
+    writing = time.perf_counter()
     tree_ids = repository.write_trees(
         store, trees=trees, run_id=run_id, problem_ids=problem_ids, policy_version=policy_version,
-        tokenizer_hash=tokenizer_hash or tokenizer_fingerprint(tokenizer), epoch=epoch)
+        tokenizer_hash=tokenizer_hash or tokenizer_fingerprint(tokenizer), epoch=epoch,
+        worker=worker)
     if summary is not None:
+        summary.store_seconds += time.perf_counter() - writing
         summary.trees += len(trees)
         summary.nodes += sum(len(tree.nodes) for tree in trees)
         summary.leaves += sum(len(tree.leaves()) for tree in trees)
@@ -157,33 +173,56 @@ def run_generate(
     run = repository.get_or_create_run(store, name=summary.run_name, kind="generate",
                                        model=config.engine.model,
                                        config=config.model_dump(mode="json"))
+    worker = config.worker_name or default_worker_name()
+    summary.worker = worker
+    batches = [list(range(start, min(start + config.batch_size, len(problem_ids))))
+               for start in range(0, len(problem_ids), config.batch_size)]
     try:
         done = repository.completed_problem_ids(store, run_id=run.id)
         summary.problems_already_done = sum(problem_id in done for problem_id in problem_ids)
         if on_start is not None:
             on_start(summary)
-        for batch_index, start in enumerate(range(0, len(problem_ids), config.batch_size)):
-            batch = [(problem, problem_id) for problem, problem_id in zip(
-                problem_set.problems[start:start + config.batch_size],
-                problem_ids[start:start + config.batch_size], strict=True)
-                if problem_id not in done]
-            if not batch:
-                continue
-            seed = batch_seed(config.engine.seed, batch_index)
-            reseed = getattr(engine, "reseed", None)
-            if reseed is not None:
-                reseed(seed)
-            grow_and_store(
-                store=store, engine=engine, tokenizer=tokenizer,
-                problems=[problem for problem, _ in batch],
-                problem_ids=[problem_id for _, problem_id in batch],
-                run_id=run.id, policy_version=policy_version, tokenizer_hash=tokenizer_hash,
-                prompt=config.prompt, tree_settings=config.tree, sampling=config.sampling,
-                seed=seed, summary=summary, on_progress=on_progress,
-            )
+        with LeaseKeeper(store, run_id=run.id, worker=worker,
+                         lease_seconds=config.lease_seconds):
+            while True:
+                pending = [index for index, rows in enumerate(batches)
+                           if any(problem_ids[row] not in done for row in rows)]
+                if not pending:
+                    break
+                claiming = time.perf_counter()
+                claimed = next((index for index in pending if claims.try_claim(
+                    store, run_id=run.id, epoch=0, batch_index=index, worker=worker,
+                    lease_seconds=config.lease_seconds)), None)
+                summary.store_seconds += time.perf_counter() - claiming
+                if claimed is None:  # every pending batch is another live worker's: wait
+                    time.sleep(min(config.lease_seconds / 4, 2.0))
+                else:
+                    # Re-read after claiming: a worker whose lease ran out may have stored it.
+                    done = repository.completed_problem_ids(store, run_id=run.id)
+                    batch = [(problem_set.problems[row], problem_ids[row])
+                             for row in batches[claimed] if problem_ids[row] not in done]
+                    if batch:
+                        seed = batch_seed(config.engine.seed, claimed)
+                        reseed = getattr(engine, "reseed", None)
+                        if reseed is not None:
+                            reseed(seed)
+                        grow_and_store(
+                            store=store, engine=engine, tokenizer=tokenizer,
+                            problems=[problem for problem, _ in batch],
+                            problem_ids=[problem_id for _, problem_id in batch],
+                            run_id=run.id, policy_version=policy_version,
+                            tokenizer_hash=tokenizer_hash, worker=worker, prompt=config.prompt,
+                            tree_settings=config.tree, sampling=config.sampling, seed=seed,
+                            summary=summary, on_progress=on_progress)
+                    releasing = time.perf_counter()
+                    claims.release_claim(store, run_id=run.id, epoch=0, batch_index=claimed,
+                                         worker=worker)
+                    summary.store_seconds += time.perf_counter() - releasing
+                done = repository.completed_problem_ids(store, run_id=run.id)
     except BaseException:
         repository.finish_run(store, run.id, status="failed")
         raise
+    summary.trees_per_worker = claims.trees_per_worker(store, run_id=run.id)
     repository.finish_run(store, run.id)
     summary.seconds = time.perf_counter() - started
     return summary

@@ -105,6 +105,9 @@ class TreeRow(Base):
     # of the vocabulary and chat template): replay refuses trees of another tokenizer, whose ids
     # the trained model would read as other tokens. NULL: stored before it was recorded.
     tokenizer_hash: Mapped[str | None] = mapped_column(String(64))
+    # The `generate` process that grew it (`--worker-name`, default host:pid): several workers
+    # share a run's problems (`treerpo.growth.claims`) and the summary shows each one's share.
+    worker: Mapped[str | None] = mapped_column(String(256))
     # Stored logprobs are log_softmax(logits / logprob_temperature) of the behaviour policy.
     logprob_temperature: Mapped[float] = mapped_column(Float, default=1.0)
     num_nodes: Mapped[int] = mapped_column(Integer)
@@ -116,6 +119,28 @@ class TreeRow(Base):
     mean_reward: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     scored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ClaimRow(Base):
+    """A generate worker's lease on one batch of a run's problems (`treerpo.growth.claims`).
+
+    Several `treerpo generate` processes on one run claim batches here before growing them, so
+    no two grow the same problems; a claim whose lease ran out (its worker was killed) is taken
+    over. A row is deleted when its batch is stored; the trees' own unique key, not this table,
+    guarantees one tree per problem.
+    """
+
+    __tablename__ = "claims"
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Batches are cut from the run's whole problem list (`--batch-size`), as every worker with
+    # the same command cuts them, so a batch index names the same problems in every worker.
+    batch_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    worker: Mapped[str] = mapped_column(String(256))
+    lease_until: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class NodeRow(Base):

@@ -191,6 +191,7 @@ def write_trees(
     policy_version: str,
     tokenizer_hash: str | None = None,
     epoch: int = 0,
+    worker: str | None = None,
 ) -> list[int]:
     """Insert several whole trees in one transaction (all or none); returns their ids and sets
     `tree.tree_id` and `tree.problem_id` on each. One statement for the tree rows, one for all
@@ -213,6 +214,7 @@ def write_trees(
             "rollout": tree.rollout,
             "policy_version": policy_version,
             "tokenizer_hash": tokenizer_hash,
+            "worker": worker,
             "logprob_temperature": tree.logprob_temperature,
             "num_nodes": len(tree.nodes),
             "num_leaves": len(tree.leaves()),
