@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from cli_runner import error_lines, run_cli
 from sqlalchemy.exc import OperationalError
+from test_validation_before_writes import store_with_one_tree
 
-from treerpo.bench.synthetic import synthetic_tree
 from treerpo.store import database, repository
 from treerpo.training.checkpoints import remove_stale_temporaries
 
@@ -26,19 +26,6 @@ def _one_line_exit_2(result) -> str:
     lines = error_lines(result.stderr)
     assert len(lines) == 1 and "unexpected" not in lines[0] and "Traceback" not in result.stderr
     return lines[0]
-
-
-def _store_with_a_tree(path: Path) -> None:
-    store = database.open_store(f"sqlite:///{path}")
-    try:
-        run = repository.get_or_create_run(store, name="r", kind="generate", model="m", config={})
-        [problem_id] = repository.upsert_problems(
-            store, [(repository.ProblemKey("ds", "train", 0), "p", "1")])
-        repository.write_tree(store, tree=synthetic_tree(rng=np.random.default_rng(0),
-                                                         num_nodes=300),
-                              run_id=run.id, problem_id=problem_id, policy_version="v")
-    finally:
-        store.close()
 
 
 def test_a_fifo_is_refused_without_hanging(tmp_path):
@@ -79,7 +66,7 @@ def test_a_foreign_sqlite_database_is_refused_untouched(tmp_path):
 def test_a_damaged_store_is_refused_before_any_write(tmp_path, gsm8k_dir, tiny_model_dir,
                                                      damage):
     path = tmp_path / "store.db"
-    _store_with_a_tree(path)
+    store_with_one_tree(path, num_nodes=300)
     data = bytearray(path.read_bytes())
     if damage == "tail":
         data = data[: len(data) * 2 // 3]
@@ -99,7 +86,7 @@ def test_a_damaged_store_is_refused_before_any_write(tmp_path, gsm8k_dir, tiny_m
 
 def test_read_only_commands_open_the_store_read_only(tmp_path):
     path = tmp_path / "store.db"
-    _store_with_a_tree(path)
+    store_with_one_tree(path, num_nodes=300)
     store = database.open_store(f"sqlite:///{path}", read_only=True)
     try:
         with pytest.raises(OperationalError, match="readonly"):
@@ -114,7 +101,7 @@ def test_read_only_commands_open_the_store_read_only(tmp_path):
 def test_a_store_in_a_read_only_folder_can_be_listed(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
-    _store_with_a_tree(folder / "store.db")
+    store_with_one_tree(folder / "store.db", num_nodes=300)
     folder.chmod(0o555)
     try:
         result = run_cli("trees", "--db", f"sqlite:///{folder / 'store.db'}", "--json")

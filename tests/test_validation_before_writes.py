@@ -19,10 +19,8 @@ SMALL_TREE = ["--max-new-tokens", "16", "--min-segment-len", "8", "--max-depth",
               "--coverage-min-chars", "10", "--root-children", "2", "--engine", "hf"]
 
 
-@pytest.fixture
-def store_path(tmp_path) -> Path:
-    """A store holding one unscored tree (so `train` would score it first)."""
-    path = tmp_path / "store.db"
+def store_with_one_tree(path: Path, *, num_nodes: int = 12) -> Path:
+    """A SQLite store at `path` holding one unscored synthetic tree of about `num_nodes` nodes."""
     store = database.open_store(f"sqlite:///{path}")
     try:
         run = repository.get_or_create_run(store, name="hand", kind="generate", model="m",
@@ -30,11 +28,17 @@ def store_path(tmp_path) -> Path:
         [problem_id] = repository.upsert_problems(
             store, [(repository.ProblemKey("ds", "train", 0), "What is 1+1?", "2")])
         repository.write_tree(store, tree=synthetic_tree(rng=np.random.default_rng(0),
-                                                         num_nodes=12),
+                                                         num_nodes=num_nodes),
                               run_id=run.id, problem_id=problem_id, policy_version="v")
     finally:
         store.close()
     return path
+
+
+@pytest.fixture
+def store_path(tmp_path) -> Path:
+    """A store holding one unscored tree (so `train` would score it first)."""
+    return store_with_one_tree(tmp_path / "store.db")
 
 
 def dump(path: Path) -> list[str]:

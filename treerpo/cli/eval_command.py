@@ -119,10 +119,9 @@ def gsm8k(
     config = _eval_config(
         benchmark="gsm8k", run_name=run, mode=mode, k=k, max_new_tokens=max_new_tokens,
         batch_size=batch_size, data=data,
-        engine=opt.engine_config(
-            model=model, engine=opt.trl_engine(engine, use_vllm=use_vllm),
-            torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
-            attn_implementation=attn_implementation,
+        engine=_eval_engine(
+            model=model, engine=engine, torch_dtype=torch_dtype, bf16=bf16, fp16=fp16,
+            use_vllm=use_vllm, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, seed=seed,
             generation_batch_size=generation_batch_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
@@ -182,10 +181,9 @@ def dataset(
     config = _eval_config(
         benchmark=Path(dataset).stem, run_name=run, mode=mode, k=k,
         max_new_tokens=max_new_tokens, batch_size=batch_size, data=data,
-        engine=opt.engine_config(
-            model=model, engine=opt.trl_engine(engine, use_vllm=use_vllm),
-            torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
-            attn_implementation=attn_implementation,
+        engine=_eval_engine(
+            model=model, engine=engine, torch_dtype=torch_dtype, bf16=bf16, fp16=fp16,
+            use_vllm=use_vllm, attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code, seed=seed,
             generation_batch_size=generation_batch_size,
             gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len),
@@ -201,6 +199,14 @@ def _dataset_name(dataset: str) -> str:
 
     path = Path(dataset).expanduser()
     return str(path.resolve()) if dataset not in BUILTIN_DATASETS and path.exists() else dataset
+
+
+def _eval_engine(*, engine: str, torch_dtype: str, bf16: bool, fp16: bool, use_vllm: bool,
+                 **values):
+    """The engine settings of both eval commands, TRL's spellings folded in."""
+    return opt.engine_config(engine=opt.trl_engine(engine, use_vllm=use_vllm),
+                             torch_dtype=opt.trl_torch_dtype(torch_dtype, bf16=bf16, fp16=fp16),
+                             **values)
 
 
 def _eval_config(**values) -> EvalConfig:

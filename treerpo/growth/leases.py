@@ -31,7 +31,6 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="treerpo-lease", daemon=True)
-        self.renewals = 0
 
     def __enter__(self) -> LeaseKeeper:
         self._thread.start()
@@ -51,4 +50,3 @@ class LeaseKeeper:
                                     lease_seconds=self.lease_seconds)
             except OperationalError:  # the store was busy past its timeout: the next tick retries
                 continue
-            self.renewals += 1

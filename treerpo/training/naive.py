@@ -66,8 +66,7 @@ def naive_tree_loss(
             leaves_below[node.index] += 1 if node.is_leaf else 0
             leaves_below[node.parent] += leaves_below[node.index]
         for parent in tree.nodes:
-            children = [i for i in parent.children if tree.nodes[i].advantage is not None]
-            children = [i for i in children if tree.nodes[i].num_tokens > 0]
+            children = _trained_children(tree, parent.index)
             if not children:
                 continue
             new = _sibling_group_logprobs(
@@ -93,10 +92,10 @@ def naive_tree_loss(
                 child = tree.nodes[child_index]
                 new_logprobs = new_by_child[child_index]  # (T,)
                 behaviour = torch.from_numpy(child.logprobs).to(new_logprobs)  # (T,)
-                advantage = float(child.advantage)
-                ratio = torch.exp(new_logprobs - behaviour)  # (T,)
-                clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high)  # (T,)
-                token_losses = -torch.minimum(ratio * advantage, clipped * advantage)  # (T,)
+                token_losses = _clipped_surrogate(
+                    new_logprobs=new_logprobs, behaviour=behaviour,
+                    advantages=float(child.advantage), epsilon=epsilon,
+                    epsilon_high=epsilon_high)  # (T,)
                 if beta > 0.0:
                     ref_minus_new = ref_by_child[child_index] - new_logprobs  # (T,)
                     token_losses = token_losses + beta * (
@@ -119,6 +118,20 @@ def naive_tree_loss(
         loss = sum(group_losses) / max(num_tokens, 1)
     loss = torch.as_tensor(loss, device=model.device)
     return loss, {"num_tokens": float(num_tokens), "num_groups": float(len(group_losses))}
+
+
+def _trained_children(tree: Tree, parent_index: int) -> list[int]:
+    """The children of a node that are trained: an advantage and at least one token."""
+    return [i for i in tree.nodes[parent_index].children
+            if tree.nodes[i].advantage is not None and tree.nodes[i].num_tokens > 0]
+
+
+def _clipped_surrogate(*, new_logprobs: Tensor, behaviour: Tensor, advantages: Tensor | float,
+                       epsilon: float, epsilon_high: float) -> Tensor:
+    """-min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) per token: (T,)."""
+    ratio = torch.exp(new_logprobs - behaviour)  # (T,)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high)  # (T,)
+    return -torch.minimum(ratio * advantages, clipped * advantages)  # (T,)
 
 
 def _sibling_group_logprobs(
@@ -170,8 +183,7 @@ def naive_tree_update(
     for tree in trees:
         shares = tree.group_visit_shares()
         for parent in tree.nodes:
-            children = [i for i in parent.children if tree.nodes[i].advantage is not None
-                        and tree.nodes[i].num_tokens > 0]
+            children = _trained_children(tree, parent.index)
             if not children:
                 continue
             groups.append((tree, parent.index, children))
@@ -193,9 +205,9 @@ def naive_tree_update(
             [tree.nodes[i].logprobs for i in children])).to(new_logprobs)  # (n,)
         advantages = torch.cat([torch.full((tree.nodes[i].num_tokens,), float(
             tree.nodes[i].advantage)) for i in children]).to(new_logprobs)  # (n,)
-        ratio = torch.exp(new_logprobs - behaviour)  # (n,)
-        clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon_high)  # (n,)
-        token_losses = -torch.minimum(ratio * advantages, clipped * advantages)  # (n,)
+        token_losses = _clipped_surrogate(new_logprobs=new_logprobs, behaviour=behaviour,
+                                          advantages=advantages, epsilon=epsilon,
+                                          epsilon_high=epsilon_high)  # (n,)
         group_weights = weights[offset: offset + len(new_logprobs)].to(token_losses)  # (n,)
         loss = (group_weights * token_losses).sum()
         loss.backward()

@@ -59,6 +59,38 @@ def format_number(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _svg_open(title: str) -> str:
+    return (f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
+            f'role="img" aria-label="{attr(title)}">')
+
+
+def _y_grid_line(y: float, tick: float) -> str:
+    """A horizontal grid line at height `y` with its value on the left."""
+    return (f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
+            f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
+            f'text-anchor="end">{esc(format_number(tick))}</text>')
+
+
+def _x_tick(x: float, tick: float) -> str:
+    """A tick mark under the plot at `x` with its value below."""
+    bottom = HEIGHT - BOTTOM
+    return (f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" '
+            f'y2="{bottom + 4}"/><text class="tick" x="{x:.1f}" '
+            f'y="{bottom + 17}" text-anchor="middle">{esc(format_number(tick))}</text>')
+
+
+def _frame(*, x_label: str, y_label: str) -> list[str]:
+    """The two axes and their labels (the y label turned up the left side)."""
+    bottom, plot_w = HEIGHT - BOTTOM, WIDTH - LEFT - RIGHT
+    return [f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{bottom}" '
+            f'y2="{bottom}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" '
+            f'y1="{TOP}" y2="{bottom}"/>',
+            f'<text class="label" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" '
+            f'text-anchor="middle">{esc(x_label)}</text>',
+            f'<text class="label" transform="translate(14 {TOP + (bottom - TOP) / 2:.1f}) '
+            f'rotate(-90)" text-anchor="middle">{esc(y_label)}</text>']
+
+
 def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str = "step",
                chart_id: str = "", x_range: tuple[float, float] | None = None) -> str:
     """An SVG line chart: axes with round ticks (whole ones when every x is whole, as steps
@@ -101,26 +133,14 @@ def line_chart(*, title: str, unit: str, series: Sequence[Series], x_label: str 
     def sy(y: float) -> float:
         return TOP + plot_h - (y - y_low) / ((y_high - y_low) or 1) * plot_h
 
-    parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
-             f'role="img" aria-label="{attr(title)}">']
+    parts = [_svg_open(title)]
     for tick in y_ticks:
         y = sy(tick)
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
-                     f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{esc(format_number(tick))}</text>')
+        parts.append(_y_grid_line(y, tick))
     for tick in x_ticks:
         x = sx(tick)
-        parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + plot_h}" '
-                     f'y2="{TOP + plot_h + 4}"/><text class="tick" x="{x:.1f}" '
-                     f'y="{TOP + plot_h + 17}" text-anchor="middle">'
-                     f'{esc(format_number(tick))}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" '
-                 f'y2="{TOP + plot_h}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" '
-                 f'y1="{TOP}" y2="{TOP + plot_h}"/>')
-    parts.append(f'<text class="label" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" '
-                 f'text-anchor="middle">{esc(x_label)}</text>')
-    parts.append(f'<text class="label" transform="translate(14 {TOP + plot_h / 2:.1f}) '
-                 f'rotate(-90)" text-anchor="middle">{esc(unit)}</text>')
+        parts.append(_x_tick(x, tick))
+    parts += _frame(x_label=x_label, y_label=unit)
     for number, one in enumerate(series):
         colour = SERIES_COLOURS[number % len(SERIES_COLOURS)]
         points = [(x, y) for x, y in one.points if y is not None and math.isfinite(y)]
@@ -179,13 +199,10 @@ def histogram(*, title: str, unit: str, values: Sequence[float], bins: int = 10,
     top_count = count_ticks[-1] or 1
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
     bar_w = plot_w / bins
-    parts = [f'<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" '
-             f'role="img" aria-label="{attr(title)}">']
+    parts = [_svg_open(title)]
     for tick in count_ticks:
         y = TOP + plot_h - tick / top_count * plot_h
-        parts.append(f'<line class="grid" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{y:.1f}" '
-                     f'y2="{y:.1f}"/><text class="tick" x="{LEFT - 6}" y="{y + 4:.1f}" '
-                     f'text-anchor="end">{esc(format_number(tick))}</text>')
+        parts.append(_y_grid_line(y, tick))
     for index, count in enumerate(counts):
         left_edge = low + index * width
         span = (f"{format_number(left_edge)}" if whole and width == 1 else
@@ -202,16 +219,7 @@ def histogram(*, title: str, unit: str, values: Sequence[float], bins: int = 10,
     for tick in nice_ticks(low, high):
         if low <= tick <= high and (not whole or float(tick).is_integer()):
             x = LEFT + (tick - low) / (high - low) * plot_w
-            parts.append(f'<line class="axis" x1="{x:.1f}" x2="{x:.1f}" y1="{TOP + plot_h}" '
-                         f'y2="{TOP + plot_h + 4}"/><text class="tick" x="{x:.1f}" '
-                         f'y="{TOP + plot_h + 17}" text-anchor="middle">'
-                         f'{esc(format_number(tick))}</text>')
-    parts.append(f'<line class="axis" x1="{LEFT}" x2="{WIDTH - RIGHT}" y1="{TOP + plot_h}" '
-                 f'y2="{TOP + plot_h}"/><line class="axis" x1="{LEFT}" x2="{LEFT}" '
-                 f'y1="{TOP}" y2="{TOP + plot_h}"/>')
-    parts.append(f'<text class="label" x="{LEFT + plot_w / 2:.1f}" y="{HEIGHT - 6}" '
-                 f'text-anchor="middle">{esc(unit)}</text>')
-    parts.append(f'<text class="label" transform="translate(14 {TOP + plot_h / 2:.1f}) '
-                 f'rotate(-90)" text-anchor="middle">count</text>')
+            parts.append(_x_tick(x, tick))
+    parts += _frame(x_label=unit, y_label="count")
     parts.append("</svg></figure>")
     return header + "".join(parts)
