@@ -113,10 +113,22 @@ class GenerateConfig(_Strict):
     # (None: host:pid), and how long a claimed batch stays its own without a renewal.
     worker_name: str | None = Field(default=None, min_length=1, max_length=256)
     lease_seconds: float = Field(default=60.0, gt=0.0, le=86_400.0)
+    # `--follow-policy DIR` (`treerpo.growth.follow`): grow with the newest checkpoint a
+    # `train --follow` run published in DIR, epoch after epoch, until it has published step
+    # `until_steps` (None: until stopped).
+    follow_policy: str | None = Field(default=None, min_length=1)
+    until_steps: int | None = Field(default=None, ge=1, le=INT64_MAX)
 
     @model_validator(mode="after")
     def _growth_settings_agree(self) -> GenerateConfig:
         _check_growth_logprobs(tree=self.tree, engine=self.engine)
+        return self
+
+    @model_validator(mode="after")
+    def _until_steps_follows(self) -> GenerateConfig:
+        if self.until_steps is not None and self.follow_policy is None:
+            raise ValueError("--until-steps stops a generator that follows a trainer: give "
+                             "--follow-policy DIR too")
         return self
 
     def tree_shaping_settings(self) -> dict[str, Any]:
@@ -146,7 +158,9 @@ class GenerateConfig(_Strict):
         if self.run_name:
             return self.run_name
         shaping = self.model_dump(mode="json", exclude={"run_name", "batch_size", "worker_name",
-                                                        "lease_seconds"})
+                                                        "lease_seconds", "until_steps"})
+        if shaping["follow_policy"] is None:  # added later: an older command keeps its name
+            del shaping["follow_policy"]
         shaping["engine"] = {k: v for k, v in shaping["engine"].items()
                              if k in _TREE_SHAPING_ENGINE_FIELDS}
         digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()[:8]
@@ -275,6 +289,16 @@ class TrainEvalConfig(_Strict):
     steps: int = Field(ge=1)
 
 
+class FollowConfig(_Strict):
+    """`train --follow` (`treerpo.training.follow`): train on the trees of generate runs as they
+    land, skipping trees grown by a policy more than `max_staleness` steps older than the one
+    being updated; give up after `timeout_seconds` without a full batch (None: wait on)."""
+
+    max_staleness: int = Field(default=2, ge=0, le=INT64_MAX)
+    follow_timeout: float | None = Field(default=None, gt=0.0)
+    poll_seconds: float = Field(default=1.0, gt=0.0, le=3600.0)
+
+
 class TrainConfig(_Strict):
     """`treerpo train`: replay stored trees (no `data`) or grow them on-policy (`data` set)."""
 
@@ -314,6 +338,29 @@ class TrainConfig(_Strict):
     eval: TrainEvalConfig | None = None
     # Warn when this many consecutive steps all trained on zero advantage (no signal).
     no_signal_warning_steps: int = Field(default=5, ge=1)
+    # Replay the trees of `source_runs` as generators store them (None: what is stored now).
+    follow: FollowConfig | None = None
+
+    @model_validator(mode="after")
+    def _follow_is_replay_with_a_length(self) -> TrainConfig:
+        if self.follow is None:
+            return self
+        if self.data is not None:
+            raise ValueError("--follow trains on trees that `generate` workers store; it does "
+                             "not grow its own (drop --dataset)")
+        if not self.source_runs:
+            raise ValueError("--follow needs --run NAME: the generate run(s) whose trees to "
+                             "train on as they land")
+        if self.optimization.max_steps <= 0:
+            raise ValueError("--follow needs --max-steps: the trees keep coming, so the run's "
+                             "length is its number of optimizer steps")
+        if self.save_steps > self.follow.max_staleness + 1:
+            raise ValueError(
+                f"--save-steps {self.save_steps} publishes checkpoints too rarely for "
+                f"--max-staleness {self.follow.max_staleness}: between two checkpoints every "
+                "tree would go stale and training would wait for ever; use --save-steps <= "
+                f"{self.follow.max_staleness + 1}")
+        return self
 
     @field_validator("output_dir")
     @classmethod
@@ -367,7 +414,8 @@ class TrainConfig(_Strict):
         # Settings added later count only when set, so an older command keeps its run's name.
         for part, key, default in ((shaping, "reward_fns", []), (shaping, "reward_weights", None),
                                    (shaping["optimization"], "lr_scheduler_kwargs", {}),
-                                   (shaping["optimization"], "warmup_steps", 0)):
+                                   (shaping["optimization"], "warmup_steps", 0),
+                                   (shaping, "follow", None)):
             if part[key] == default:
                 del part[key]
         shaping["output_dir"] = str(Path(self.output_dir).expanduser().absolute())

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -48,6 +52,14 @@ def generate(
         "--lease-seconds", help="A claimed batch stays this worker's for this long without a "
         "renewal (renewed every third of it while it grows); a killed worker's batches are "
         "taken over after it.")] = 60.0,
+    follow_policy: Annotated[str | None, typer.Option(
+        "--follow-policy", metavar="DIR", help="Grow with the newest checkpoint-* that a "
+        "`train --follow --output-dir DIR` run has published (the base --model until the "
+        "first), reloaded between batches, epoch after epoch, until --until-steps or Ctrl-C. "
+        "Each tree records the step it was grown with.")] = None,
+    until_steps: Annotated[int | None, typer.Option(
+        "--until-steps", help="With --follow-policy: stop once the trainer has published this "
+        "step (give its --max-steps).")] = None,
     engine: opt.EngineOpt = "auto",
     torch_dtype: opt.TorchDtype = "auto",
     bf16: opt.Bf16 = False,
@@ -95,6 +107,13 @@ def generate(
     `--rollout flat --num-generations G` stores plain GRPO samples (a root with G leaves) in
     the same store.
 
+    Several processes started with the same command share the run: each claims a batch under
+    a lease (--lease-seconds) and a killed one's batch is taken over once its lease runs out.
+    With --follow-policy DIR they feed a `treerpo train --follow --output-dir DIR` run: between
+    batches each loads the newest checkpoint the trainer published, and grows the problems
+    again epoch after epoch until the trainer has published --until-steps (Ctrl-C or SIGTERM
+    also end it cleanly: the batch in progress is dropped whole).
+
     Examples:
 
         treerpo generate --model Qwen/Qwen2.5-Math-1.5B-Instruct --dataset openai/gsm8k --limit 100
@@ -102,9 +121,13 @@ def generate(
         treerpo generate --model ./my-model --dataset problems.jsonl --max-depth 4 --run try1
 
         treerpo generate --model ./my-model --dataset arith --rollout flat --num-generations 8
+
+        treerpo generate --model ./sft --dataset data.jsonl --run live --db postgresql://h/db
+        --follow-policy ./out --until-steps 200
     """
     config = validated(GenerateConfig, run_name=run, batch_size=batch_size,
                        worker_name=worker_name, lease_seconds=lease_seconds,
+                       follow_policy=follow_policy, until_steps=until_steps,
                        **opt.growth_config_parts(locals()))
     from treerpo.engines import create_engine_from_config
     from treerpo.engines.loading import policy_version
@@ -124,7 +147,8 @@ def generate(
     task = progress.add_task("trees", total=None, rate="")
 
     def on_start(summary: GenerateSummary) -> None:
-        progress.update(task, total=summary.problems_total - summary.problems_already_done)
+        if config.follow_policy is None:  # following a trainer, there is no last tree
+            progress.update(task, total=summary.problems_total - summary.problems_already_done)
 
     def on_progress(summary: GenerateSummary) -> None:
         elapsed = max(progress.tasks[0].elapsed or 1e-9, 1e-9)
@@ -137,15 +161,35 @@ def generate(
         policy, tokenizer = create_engine_from_config(
             config.engine, sampling_temperature=config.sampling.temperature,
             max_logprobs=config.tree.entropy_topk)
-        with progress:
-            summary = run_generate(store=store, config=config, engine=policy,
-                                   tokenizer=tokenizer,
-                                   policy_version=policy_version(config.engine.model),
-                                   on_start=on_start, on_progress=on_progress)
+        with progress, _sigterm_stops(enabled=config.follow_policy is not None):
+            summary = run_generate(
+                store=store, config=config, engine=policy, tokenizer=tokenizer,
+                policy_version=policy_version(config.engine.model), on_start=on_start,
+                on_progress=on_progress,
+                on_message=(lambda message: None) if json_output
+                else (lambda message: progress.console.print(message, soft_wrap=True,
+                                                             markup=False)))
     if json_output:
         print_json(summary_json(summary))
     else:
         console.print(summary_table(summary))
+
+
+@contextlib.contextmanager
+def _sigterm_stops(*, enabled: bool) -> Iterator[None]:
+    """While `enabled`, SIGTERM (a process manager stopping the worker) ends it as Ctrl-C does."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def summary_json(summary: GenerateSummary) -> dict:
@@ -158,6 +202,9 @@ def summary_json(summary: GenerateSummary) -> dict:
         "store_seconds": round(summary.store_seconds, 3),
         "tree_ids": summary.tree_ids, "worker": summary.worker,
         "trees_per_worker": summary.trees_per_worker,
+        "epochs": summary.epochs, "policy_step": summary.policy_step,
+        "policy_reloads": summary.policy_reloads, "interrupted": summary.interrupted,
+        "policy_wait_seconds": round(summary.policy_wait_seconds, 3),
     }
 
 
@@ -176,6 +223,12 @@ def summary_table(summary: GenerateSummary) -> Table:
         ("unique tree tokens", f"{summary.unique_tokens:,}"),
         ("seconds", f"{summary.seconds:.1f}"),
     ]
+    if summary.policy_step is not None:  # --follow-policy
+        rows += [("last epoch", f"{summary.epochs}"),
+                 ("policy step grown with last", f"{summary.policy_step}"),
+                 ("checkpoints loaded", f"{summary.policy_reloads}"),
+                 ("seconds waiting for a newer policy", f"{summary.policy_wait_seconds:.1f}"),
+                 ("ended by", "Ctrl-C / SIGTERM" if summary.interrupted else "--until-steps")]
     if len(summary.trees_per_worker) > 1:  # several workers shared the run: each one's share
         total = sum(summary.trees_per_worker.values())
         rows += [(f"trees by {safe_text(worker or '(unnamed)')}"

@@ -21,6 +21,7 @@ from treerpo.cli.common import (
     validated,
 )
 from treerpo.config import (
+    FollowConfig,
     OptimizationConfig,
     TrainConfig,
     TrainEvalConfig,
@@ -114,8 +115,20 @@ FullDeterminism = Annotated[bool, typer.Option(
     "--full-determinism",
     help="Deterministic torch kernels: bit-identical updates under --seed, somewhat slower.",
     rich_help_panel=opt.OPTIMISATION)]
-SaveSteps = Annotated[int, typer.Option(
-    "--save-steps", help="Checkpoint every N steps.", rich_help_panel=opt.LOGGING)]
+SaveSteps = Annotated[int | None, typer.Option(
+    "--save-steps", help="Checkpoint every N steps [default: 500; with --follow 1].",
+    show_default=False, rich_help_panel=opt.LOGGING)]
+Follow = Annotated[bool, typer.Option(
+    "--follow", help="Replay the --run trees as `generate --follow-policy OUTPUT_DIR` workers "
+    "store them, publishing checkpoints for them, until --max-steps.",
+    rich_help_panel=opt.DATA)]
+MaxStaleness = Annotated[int, typer.Option(
+    "--max-staleness", help="--follow: skip trees grown by a policy more than K steps older "
+    "than the one updated (counted in the metrics).", metavar="K", rich_help_panel=opt.DATA)]
+FollowTimeout = Annotated[float | None, typer.Option(
+    "--follow-timeout", help="--follow: give up (exit 1) after this many seconds without a "
+    "full batch of fresh trees [default: wait on].", show_default=False,
+    rich_help_panel=opt.DATA)]
 SaveTotalLimit = Annotated[int | None, typer.Option(
     "--save-total-limit", help="Keep at most N checkpoints (oldest deleted).",
     rich_help_panel=opt.LOGGING)]
@@ -168,6 +181,9 @@ def train(
     system_prompt: opt.SystemPrompt = None,
     prompt_template: opt.PromptTemplate = None,
     allow_off_policy: AllowOffPolicy = False,
+    follow: Follow = False,
+    max_staleness: MaxStaleness = 2,
+    follow_timeout: FollowTimeout = None,
     reward_fn: opt.RewardFn = None,
     reward_weights: opt.RewardWeights = None,
     rollout: opt.Rollout = "tree",
@@ -223,7 +239,7 @@ def train(
     vllm_enable_sleep_mode: opt.VllmEnableSleepMode = False,
     logprob_temperature: opt.LogprobTemperature = "raw",
     run_name: RunName = None,
-    save_steps: SaveSteps = 500,
+    save_steps: SaveSteps = None,
     save_total_limit: SaveTotalLimit = None,
     logging_steps: LoggingSteps = 10,
     report_to: ReportTo = "none",
@@ -248,6 +264,11 @@ def train(
     tokenized by another tokenizer (vocabulary or chat template) are refused, trees grown by
     another policy (other weights, or earlier steps of a chained run) too unless
     --allow-off-policy.
+
+    Follow (--follow --run NAME): replay the run's trees as `treerpo generate --follow-policy
+    OUTPUT_DIR` workers store them, oldest first, each once; trees grown by a policy more than
+    --max-staleness steps older than the one updated are skipped. Checkpoints are published
+    every --save-steps (default 1) and at the last step, for the workers to grow with.
 
     Chained (--dataset): each step grows the next batch of problems' trees with the current
     policy (the tree and sampling flags of `generate`), stores and scores them, and updates.
@@ -286,8 +307,15 @@ def train(
         loss_aggregation=_loss_aggregation(loss_aggregation, loss_type=loss_type),
         advantage=advantage, max_packed_tokens=max_packed_tokens,
         gradient_checkpointing=gradient_checkpointing)
+    follow_config = validated(FollowConfig, max_staleness=max_staleness,
+                              follow_timeout=follow_timeout) if follow else None
+    if follow_config is None and follow_timeout is not None:
+        raise BadInputError("--follow-timeout is for --follow")
+    if save_steps is None:
+        save_steps = 1 if follow else 500
     config = validated(
         TrainConfig, run_name=run_name, output_dir=output_dir, source_runs=run or [],
+        follow=follow_config,
         optimization=optimization, full_determinism=full_determinism, save_steps=save_steps,
         save_total_limit=save_total_limit, logging_steps=logging_steps, report_to=report_to,
         resume_from_checkpoint=resume_from_checkpoint, allow_off_policy=allow_off_policy,
@@ -307,7 +335,7 @@ def train(
     console = stdout_console()
     rows = StepRows(console=console, enabled=not json_output,
                     columns=table_columns(beta=optimization.beta, branching=config.tree.branching,
-                                          chained=config.chained))
+                                          chained=config.chained, follow=follow))
     progress = StepProgress(console=console, enabled=not json_output)
     warnings = stderr_console()
     callbacks = TrainCallbacks(
@@ -377,13 +405,15 @@ _KL = ("kl", "kl", "{:.4f}", 6)
 _GRAD = ("grad", "grad_norm", "{:.2f}", 5)
 _LR = ("lr", "learning_rate", "{:.1e}", 7)
 _GROW = ("grow s", "growth_seconds", "{:.1f}", 6)
+_WAIT = ("wait s", "wait_seconds", "{:.1f}", 6)
 _UPDATE = ("upd s", "update_seconds", "{:.1f}", 5)
 _TOKENS = ("tok/s", "tokens_per_second", "{:,.0f}", 6)
 
 
-def table_columns(*, beta: float, branching: str, chained: bool) -> list[tuple[str, str, str, int]]:
+def table_columns(*, beta: float, branching: str, chained: bool,
+                  follow: bool = False) -> list[tuple[str, str, str, int]]:
     """The step table's columns: kl only with --beta > 0, forced only with --branching forced,
-    growth seconds only in chained mode."""
+    growth seconds only in chained mode, seconds waiting for trees only with --follow."""
     columns = [_STEP, _LOSS, _REWARD, _SIGNAL]
     if branching == "forced":
         columns.append(_FORCED)
@@ -393,6 +423,8 @@ def table_columns(*, beta: float, branching: str, chained: bool) -> list[tuple[s
     columns += [_GRAD, _LR]
     if chained:
         columns.append(_GROW)
+    if follow:
+        columns.append(_WAIT)
     columns += [_UPDATE, _TOKENS]
     for optional in (_TOKENS, _ADVANTAGE):  # within 80 columns with kl and forced both shown
         if sum(width + 1 for *_, width in columns) > 80:
@@ -473,6 +505,9 @@ def summary_json(summary: TrainSummary) -> dict:
         "trees_trained": summary.trees_trained, "scored_first": summary.scored_first,
         "checkpoints": summary.checkpoints, "last_metrics": summary.last_metrics,
         "last_eval": summary.last_eval or None,
+        **({"stale_trees_skipped": summary.stale_trees_skipped,
+            "off_policy_trees_skipped": summary.off_policy_trees_skipped}
+           if summary.follow else {}),
         "seconds": round(summary.seconds, 3),
     }
 
@@ -491,6 +526,9 @@ def summary_table(summary: TrainSummary) -> Table:
         ("last mean reward (all leaves)", _fmt(last.get("mean_reward"), "{:.3f}")),
         *([("last eval greedy accuracy", f"{summary.last_eval['eval_accuracy']:.1%}")]
           if summary.last_eval else []),
+        *([("trees skipped as stale", f"{summary.stale_trees_skipped}"),
+           ("trees skipped as off-policy", f"{summary.off_policy_trees_skipped}")]
+          if summary.follow else []),
         ("checkpoints written", f"{len(summary.checkpoints)}"),
         ("final model", summary.output_dir),
         ("seconds", f"{summary.seconds:.1f}"),

@@ -38,6 +38,9 @@ from treerpo.store import claims, repository
 from treerpo.store.database import Store
 from treerpo.trees import Tree
 
+# How often a following generator with enough trees ahead looks for a newer policy.
+_FOLLOW_POLL_SECONDS = 0.5
+
 
 @dataclass
 class GenerateSummary:
@@ -57,6 +60,13 @@ class GenerateSummary:
     worker: str = ""  # this process's --worker-name
     # The run's trees per worker once this one is done (every worker's share, this one's too).
     trees_per_worker: dict[str, int] = field(default_factory=dict)
+    # --follow-policy: the last epoch reached, the step of the policy grown with last, how many
+    # published checkpoints were loaded, and whether Ctrl-C / SIGTERM ended it.
+    epochs: int = 0
+    policy_step: int | None = None
+    policy_reloads: int = 0
+    interrupted: bool = False
+    policy_wait_seconds: float = 0.0  # waiting for a newer policy, the trainer having enough
 
     @property
     def leaves_per_tree(self) -> float:
@@ -78,6 +88,7 @@ def grow_and_store(
     prompt: PromptSettings,
     tokenizer_hash: str | None = None,
     worker: str | None = None,
+    policy_step: int | None = None,
     tree_settings: TreeSettings,
     sampling: SamplingConfig,
     seed: int,
@@ -88,8 +99,9 @@ def grow_and_store(
     """Grow one tree per problem in one batch of waves, then store the batch's trees, each with
     all its nodes, in one transaction. Shared by `generate` and by chained training.
 
-    The trees record their provenance: `policy_version` and the tokenizer's fingerprint
-    (`tokenizer_hash`, computed from `tokenizer` when not given)."""
+    The trees record their provenance: `policy_version`, the tokenizer's fingerprint
+    (`tokenizer_hash`, computed from `tokenizer` when not given) and, when known, the training
+    step whose weights grew them (`policy_step`)."""
     rendered = [prompt.build(tokenizer, problem.problem, messages=problem.messages)
                 for problem in problems]
     trees, stats = grow_trees(
@@ -111,7 +123,7 @@ def grow_and_store(
     tree_ids = repository.write_trees(
         store, trees=trees, run_id=run_id, problem_ids=problem_ids, policy_version=policy_version,
         tokenizer_hash=tokenizer_hash or tokenizer_fingerprint(tokenizer), epoch=epoch,
-        worker=worker)
+        worker=worker, policy_step=policy_step)
     if summary is not None:
         summary.store_seconds += time.perf_counter() - writing
         summary.trees += len(trees)
@@ -149,8 +161,11 @@ def run_generate(
     policy_version: str,
     on_start: Callable[[GenerateSummary], None] | None = None,
     on_progress: ProgressCallback | None = None,
+    on_message: Callable[[str], None] = lambda message: None,
 ) -> GenerateSummary:
-    """Grow and store a tree for every problem of `config.data` that the run lacks."""
+    """Grow and store a tree for every problem of `config.data` that the run lacks; following
+    a trainer (`config.follow_policy`), grow epoch after epoch with its newest published policy
+    until it has published `config.until_steps` (or until Ctrl-C / SIGTERM)."""
     started = time.perf_counter()
     data = config.data
     problem_set = load_problems(dataset=data.dataset, split=data.split, config=data.dataset_config,
@@ -163,6 +178,12 @@ def run_generate(
     config.prompt.build(tokenizer, problem_set.problems[0].problem,
                         messages=problem_set.problems[0].messages)
     check_run_settings(store, config)
+    follower = None
+    if config.follow_policy is not None:
+        from treerpo.growth.follow import PolicyFollower
+
+        follower = PolicyFollower(directory=config.follow_policy, engine=engine,
+                                  base_version=policy_version, on_message=on_message)
     tokenizer_hash = tokenizer_fingerprint(tokenizer)
     keyed = [(repository.ProblemKey(p.dataset, p.split, p.row_index), p.problem, p.reference)
              for p in problem_set.problems]
@@ -177,32 +198,51 @@ def run_generate(
     summary.worker = worker
     batches = [list(range(start, min(start + config.batch_size, len(problem_ids))))
                for start in range(0, len(problem_ids), config.batch_size)]
+    status = "finished"
     try:
-        done = repository.completed_problem_ids(store, run_id=run.id)
+        # Following a trainer, the run goes on epoch after epoch from its latest one.
+        epoch = repository.latest_epoch(store, run_id=run.id) if follower is not None else 0
+        summary.epochs = epoch
+        done = repository.completed_problem_ids(store, run_id=run.id, epoch=epoch)
         summary.problems_already_done = sum(problem_id in done for problem_id in problem_ids)
         if on_start is not None:
             on_start(summary)
         with LeaseKeeper(store, run_id=run.id, worker=worker,
                          lease_seconds=config.lease_seconds):
             while True:
+                if follower is not None:
+                    follower.refresh()  # between batches: the newest published policy
+                    if follower.reached(config.until_steps):
+                        break
+                    if follower.enough_ahead(lambda versions: repository.count_trees_of_policies(
+                            store, run_id=run.id, policy_versions=versions)):
+                        waiting = time.perf_counter()  # the trainer has all it can use
+                        time.sleep(_FOLLOW_POLL_SECONDS)
+                        summary.policy_wait_seconds += time.perf_counter() - waiting
+                        continue
                 pending = [index for index, rows in enumerate(batches)
                            if any(problem_ids[row] not in done for row in rows)]
                 if not pending:
-                    break
+                    if follower is None:
+                        break
+                    epoch += 1
+                    summary.epochs = epoch
+                    done = repository.completed_problem_ids(store, run_id=run.id, epoch=epoch)
+                    continue
                 claiming = time.perf_counter()
                 claimed = next((index for index in pending if claims.try_claim(
-                    store, run_id=run.id, epoch=0, batch_index=index, worker=worker,
+                    store, run_id=run.id, epoch=epoch, batch_index=index, worker=worker,
                     lease_seconds=config.lease_seconds)), None)
                 summary.store_seconds += time.perf_counter() - claiming
                 if claimed is None:  # every pending batch is another live worker's: wait
                     time.sleep(min(config.lease_seconds / 4, 2.0))
                 else:
                     # Re-read after claiming: a worker whose lease ran out may have stored it.
-                    done = repository.completed_problem_ids(store, run_id=run.id)
+                    done = repository.completed_problem_ids(store, run_id=run.id, epoch=epoch)
                     batch = [(problem_set.problems[row], problem_ids[row])
                              for row in batches[claimed] if problem_ids[row] not in done]
                     if batch:
-                        seed = batch_seed(config.engine.seed, claimed)
+                        seed = batch_seed(config.engine.seed, epoch * len(batches) + claimed)
                         reseed = getattr(engine, "reseed", None)
                         if reseed is not None:
                             reseed(seed)
@@ -210,20 +250,35 @@ def run_generate(
                             store=store, engine=engine, tokenizer=tokenizer,
                             problems=[problem for problem, _ in batch],
                             problem_ids=[problem_id for _, problem_id in batch],
-                            run_id=run.id, policy_version=policy_version,
+                            run_id=run.id,
+                            policy_version=(follower.version if follower is not None
+                                            else policy_version),
+                            policy_step=follower.step if follower is not None else None,
                             tokenizer_hash=tokenizer_hash, worker=worker, prompt=config.prompt,
                             tree_settings=config.tree, sampling=config.sampling, seed=seed,
-                            summary=summary, on_progress=on_progress)
+                            epoch=epoch, summary=summary, on_progress=on_progress)
+                        done.update(problem_id for _, problem_id in batch)
                     releasing = time.perf_counter()
-                    claims.release_claim(store, run_id=run.id, epoch=0, batch_index=claimed,
+                    claims.release_claim(store, run_id=run.id, epoch=epoch, batch_index=claimed,
                                          worker=worker)
                     summary.store_seconds += time.perf_counter() - releasing
-                done = repository.completed_problem_ids(store, run_id=run.id)
+                    continue
+                done = repository.completed_problem_ids(store, run_id=run.id, epoch=epoch)
+    except KeyboardInterrupt:
+        if follower is None:
+            repository.finish_run(store, run.id, status="failed")
+            raise
+        # A follower runs until stopped: Ctrl-C (or SIGTERM) is its normal end. The batch being
+        # grown is lost whole (nothing of it was written) and its claim released above.
+        status, summary.interrupted = "stopped", True
     except BaseException:
         repository.finish_run(store, run.id, status="failed")
         raise
+    if follower is not None:
+        summary.policy_step = follower.step
+        summary.policy_reloads = follower.reloads
     summary.trees_per_worker = claims.trees_per_worker(store, run_id=run.id)
-    repository.finish_run(store, run.id)
+    repository.finish_run(store, run.id, status=status)
     summary.seconds = time.perf_counter() - started
     return summary
 

@@ -105,6 +105,10 @@ class TreeRow(Base):
     # of the vocabulary and chat template): replay refuses trees of another tokenizer, whose ids
     # the trained model would read as other tokens. NULL: stored before it was recorded.
     tokenizer_hash: Mapped[str | None] = mapped_column(String(64))
+    # The training step whose weights grew it (0: the base model), when the grower knew it:
+    # `generate --follow-policy` and chained training record it; `train --follow` measures
+    # staleness with it. NULL: a plain `generate` (its policy is only `policy_version`).
+    policy_step: Mapped[int | None] = mapped_column(Integer)
     # The `generate` process that grew it (`--worker-name`, default host:pid): several workers
     # share a run's problems (`treerpo.growth.claims`) and the summary shows each one's share.
     worker: Mapped[str | None] = mapped_column(String(256))

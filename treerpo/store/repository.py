@@ -150,6 +150,19 @@ def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[i
         ))
 
 
+def count_trees_of_policies(store: Store, *, run_id: int, policy_versions: Sequence[str]) -> int:
+    """How many of the run's trees were grown by one of `policy_versions`."""
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(TreeRow).where(
+            TreeRow.run_id == run_id, TreeRow.policy_version.in_(list(policy_versions)))) or 0
+
+
+def latest_epoch(store: Store, *, run_id: int) -> int:
+    """The highest epoch the run has a tree in (0 without trees)."""
+    with store.session() as session:
+        return session.scalar(select(func.max(TreeRow.epoch)).where(TreeRow.run_id == run_id)) or 0
+
+
 def storable_text(text: str) -> str:
     """Text as every backend can store it: PostgreSQL text cannot hold NUL, which a sampled
     token may decode to, so it is kept as U+FFFD (the token ids stay the exact record)."""
@@ -192,11 +205,12 @@ def write_trees(
     tokenizer_hash: str | None = None,
     epoch: int = 0,
     worker: str | None = None,
+    policy_step: int | None = None,
 ) -> list[int]:
     """Insert several whole trees in one transaction (all or none); returns their ids and sets
     `tree.tree_id` and `tree.problem_id` on each. One statement for the tree rows, one for all
-    their nodes. `policy_version` and `tokenizer_hash` are the trees' provenance
-    (`treerpo.provenance`); None records an unknown tokenizer.
+    their nodes. `policy_version`, `tokenizer_hash` and `policy_step` are the trees' provenance
+    (`treerpo.provenance`); None records an unknown tokenizer or step.
 
     A tree whose (run, problem, epoch) another process stored meanwhile is skipped, not an
     error: it is already done, and its id is the stored tree's."""
@@ -215,6 +229,7 @@ def write_trees(
             "policy_version": policy_version,
             "tokenizer_hash": tokenizer_hash,
             "worker": worker,
+            "policy_step": policy_step,
             "logprob_temperature": tree.logprob_temperature,
             "num_nodes": len(tree.nodes),
             "num_leaves": len(tree.leaves()),
@@ -387,6 +402,35 @@ def tree_provenance(store: Store, *, run_ids: Sequence[int] | None = None,
         query = query.where(TreeRow.id.in_(list(tree_ids)))
     with store.session() as session:
         return [TreeProvenance(*row) for row in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class ArrivedTree:
+    """What `train --follow` needs to decide whether a newly stored tree may be trained on."""
+
+    tree_id: int
+    tokenizer_hash: str | None
+    policy_version: str
+    policy_step: int | None
+    scored: bool
+
+
+def tree_arrivals(store: Store, *, run_ids: Sequence[int], known: set[int]) -> list[ArrivedTree]:
+    """The trees of `run_ids` whose id is not in `known`, oldest first.
+
+    By id set rather than above the highest id seen: on PostgreSQL a transaction that took a
+    lower id can commit after one with a higher id."""
+    with store.session() as session:
+        ids = [tree_id for tree_id in session.scalars(
+            select(TreeRow.id).where(TreeRow.run_id.in_(list(run_ids))))
+            if tree_id not in known]
+        if not ids:
+            return []
+        rows = session.execute(
+            select(TreeRow.id, TreeRow.tokenizer_hash, TreeRow.policy_version,
+                   TreeRow.policy_step, TreeRow.scored)
+            .where(TreeRow.id.in_(ids)).order_by(TreeRow.id))
+        return [ArrivedTree(*row) for row in rows]
 
 
 def count_trees(store: Store) -> int:
@@ -562,6 +606,14 @@ def delete_train_steps_after(store: Store, *, run_id: int, step: int) -> None:
     with store.session() as session, session.begin():
         session.execute(delete(TrainStepRow).where(TrainStepRow.run_id == run_id,
                                                    TrainStepRow.step > step))
+
+
+def trained_tree_ids(store: Store, *, run_id: int) -> set[int]:
+    """Every tree the train run's recorded steps trained on."""
+    with store.session() as session:
+        return {tree_id for tree_ids in session.scalars(
+            select(TrainStepRow.tree_ids).where(TrainStepRow.run_id == run_id))
+            for tree_id in tree_ids}
 
 
 def list_train_steps(store: Store, *, run_id: int) -> list[TrainStepRow]:

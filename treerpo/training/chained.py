@@ -141,6 +141,7 @@ class ChainedBatches:
                     problems=[problem for problem, _ in todo],
                     problem_ids=[problem_id for _, problem_id in todo], run_id=self.run_id,
                     policy_version=self._policy_version(batch_index),
+                    policy_step=batch_index * config.optimization.num_iterations,
                     tokenizer_hash=self.tokenizer_hash, prompt=config.prompt,
                     tree_settings=config.tree, sampling=config.sampling,
                     seed=self._seed(batch_index), epoch=epoch)

@@ -104,8 +104,12 @@ def packed_tree_loss(
     aggregation: Aggregation = "group",
     ref_model=None,
     beta: float = 0.0,
+    packs_per_tree: list | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The TreeRPO loss of a batch of scored trees from one packed forward per (sub-)tree.
+
+    `packs_per_tree`: each tree's `pack_tree(tree, max_packed_tokens)`, when the caller has
+    packed them already (the trainer does, to count forwards under DDP/FSDP).
 
     The logprob transform is each tree's own `logprob_temperature` (the one its behaviour logprobs
     were stored under). Tokens of nodes without an advantage are dropped. `ref_model` is needed
@@ -117,9 +121,12 @@ def packed_tree_loss(
     new_parts, behaviour_parts, advantage_parts, group_parts, ref_parts = [], [], [], [], []
     visit_parts = []
     group_id_base = 0
-    for tree in trees:
+    if packs_per_tree is not None and len(packs_per_tree) != len(trees):
+        raise ValueError("packs_per_tree: one list of packs per tree")
+    for tree_number, tree in enumerate(trees):
         visit_shares = torch.tensor(tree.group_visit_shares(), dtype=torch.float32)  # (nodes,)
-        packs = pack_tree(tree=tree, max_packed_tokens=max_packed_tokens)
+        packs = (packs_per_tree[tree_number] if packs_per_tree is not None
+                 else pack_tree(tree=tree, max_packed_tokens=max_packed_tokens))
         new_logprobs = packed_token_logprobs(
             model=model, packs=packs, logprob_temperature=tree.logprob_temperature
         )

@@ -107,6 +107,10 @@ class TrainSummary:
     seconds: float = 0.0
     is_main_process: bool = True  # under `accelerate launch`, only the main process reports
     last_eval: dict[str, Any] = field(default_factory=dict)  # `--eval-dataset`: the last one
+    # --follow: trees left untrained because their policy was too stale, or not this run's.
+    follow: bool = False
+    stale_trees_skipped: int = 0
+    off_policy_trees_skipped: int = 0
 
 
 class BatchSource(Protocol):
@@ -206,7 +210,10 @@ class PolicyUpdater:
         units = [(tree, tokens, groups, mass)
                  for tree, (tokens, groups, _), mass in zip(trees, counts, masses, strict=True)
                  if tokens > 0]
-        local_forwards = [self._forwards_of(tree) for tree, *_ in units]
+        # Under DDP/FSDP with sub-packs, every process must know its forwards in advance: pack
+        # each tree once here, and hand the packs to the loss.
+        packs = [self._packs_of(tree) for tree, *_ in units]
+        local_forwards = [1 if tree_packs is None else len(tree_packs) for tree_packs in packs]
         schedule = update_schedule(plan=self.plan, local_forwards=local_forwards,
                                    device=self.accelerator.device)
         for index, forwards in enumerate(schedule.forwards):
@@ -220,7 +227,8 @@ class PolicyUpdater:
                             model=self.model, trees=[tree],
                             max_packed_tokens=opt.max_packed_tokens, epsilon=opt.epsilon,
                             epsilon_high=opt.epsilon_high, aggregation=opt.loss_aggregation,
-                            ref_model=self.ref_model, beta=opt.beta)
+                            ref_model=self.ref_model, beta=opt.beta,
+                            packs_per_tree=None if packs[index] is None else [packs[index]])
                     if (metrics["num_tokens"], metrics["num_groups"]) != (tokens, groups):
                         raise RuntimeError(
                             f"tree {tree.tree_id}: the loss saw {metrics['num_tokens']} tokens in "
@@ -270,11 +278,13 @@ class PolicyUpdater:
                                if self.accelerator.device.type == "cuda" else None),
         }
 
-    def _forwards_of(self, tree: Tree) -> int:
-        """Policy forwards the packed loss of `tree` runs: one per (sub-)pack."""
+    def _packs_of(self, tree: Tree) -> list | None:
+        """The (sub-)packs of `tree` when the number of its forwards (one per pack) must be
+        known before the loss runs (several processes with --max-packed-tokens); else None,
+        and the loss runs one forward, packing the tree itself."""
         if self.optimization.max_packed_tokens is None or not self.plan.wrapped:
-            return 1
-        return len(pack_tree(tree=tree, max_packed_tokens=self.optimization.max_packed_tokens))
+            return None
+        return pack_tree(tree=tree, max_packed_tokens=self.optimization.max_packed_tokens)
     def step_on_eval(self, eval_accuracy: float) -> None:
         """A metric scheduler (reduce_lr_on_plateau, greedy) steps on each evaluation."""
         if self.optimization.steps_on_metric:
@@ -464,6 +474,9 @@ def _run_training(
         from treerpo.training.chained import ChainedBatches, load_chained_problems
 
         problems = load_chained_problems(config)  # bad data: exit 2 before any model loads
+    elif config.follow is not None:
+        for name in config.source_runs:  # a run that exists must be a generate run (exit 2)
+            repository.refuse_run_of_other_kind(store, name=name, kind="generate")
     else:
         # Provenance is checked before anything is scored or written (exit 2 leaves the store
         # and the output folder as they were).
@@ -483,7 +496,7 @@ def _run_training(
     if resume_point is not None:  # the run's length, before the run or its logs are touched
         data_size = len(problems) if config.chained else len(replay_ids)
         resume.check_total_steps(point=resume_point, total_steps=total_steps_for(
-            optimization=opt, batches_per_epoch=math.ceil(data_size / trees_per_step)))
+            optimization=opt, batches_per_epoch=max(math.ceil(data_size / trees_per_step), 1)))
     sink = open_metrics_sink(output_dir=output_dir, report_to=config.report_to,
                              run_name=run_name, config=config, enabled=main)
     if main:
@@ -506,6 +519,19 @@ def _run_training(
             store=store, config=config, problems=problems, run_id=run_id, model=model,
             tokenizer=tokenizer, accelerator=accelerator, trees_per_step=trees_per_step,
             on_message=say, reward_fn_spec=reward_fn_spec)
+    elif config.follow is not None:
+        from treerpo.training.follow import FollowBatches, remove_later_checkpoints
+
+        if main and checkpoint is not None:
+            remove_later_checkpoints(output_dir, step=resume_point.step, on_message=say)
+        source = FollowBatches(
+            store=store, source_runs=config.source_runs, train_run_id=run_id,
+            follow=config.follow, trees_per_step=trees_per_step,
+            num_iterations=opt.num_iterations, total_steps=opt.max_steps,
+            tokenizer_hash=tokenizer_fingerprint(tokenizer),
+            base_policy_version=policy_version(config.engine.model), model=config.engine.model,
+            allow_off_policy=config.allow_off_policy, reward_fn_spec=reward_fn_spec,
+            output_dir=output_dir, accelerator=accelerator, on_message=say)
     else:
         source = ReplayBatches(tree_ids=replay_ids, trees_per_step=trees_per_step,
                                seed=config.engine.seed)
@@ -557,6 +583,10 @@ def _run_training(
         if main:
             repository.finish_run(store, run_id, status="failed")
         raise
+    if config.follow is not None:
+        summary.follow = True
+        summary.stale_trees_skipped = source.stale_skipped
+        summary.off_policy_trees_skipped = source.off_policy_skipped
     final_state = full_model_state(forward_model, plan=plan)  # FSDP: a collective
     if main:
         checkpoints.save_final_model(output_dir=output_dir, model=model, tokenizer=tokenizer,
@@ -623,7 +653,8 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 accuracy[0] = eval_metrics["eval_accuracy"]
             # Every process's scheduler steps on the main process's figure.
             updater.step_on_eval(float(updater._sum_over_processes(accuracy)[0]))
-        if step % config.save_steps == 0:
+        # Following generators, the last step is published too (they stop on it).
+        if step % config.save_steps == 0 or (config.follow is not None and step == total_steps):
             path = checkpoints.save_training_checkpoint(
                 accelerator=accelerator, output_dir=output_dir, step=step, model=model,
                 tokenizer=tokenizer, optimizer=updater.optimizer, scheduler=updater.scheduler,
@@ -634,6 +665,9 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
                                                      checkpoint=str(path))
                 summary.checkpoints.append(str(path))
+            after_checkpoint = getattr(source, "after_checkpoint", None)
+            if after_checkpoint is not None:
+                after_checkpoint(step, path)
         summary.trees_trained = len(trained)
     return step
 
