@@ -368,3 +368,25 @@ def test_fake_sampling_params_validate_like_vllm(fake_vllm):
     assert (greedy.top_p, greedy.top_k, greedy.min_p) == (1.0, 0, 0.0)
     with pytest.raises(TypeError):
         fake_vllm.LLM(model="unused", no_such_engine_arg=True)
+
+
+def test_follow_policy_loads_a_published_checkpoint_into_the_served_model(
+    fake_vllm, tiny_model_dir, tmp_path
+):
+    """`generate --follow-policy` with vLLM: a trainer's checkpoint folder (save_pretrained's
+    safetensors) is loaded into the served model in place, names as HF writes them."""
+    from treerpo.growth.follow import PolicyFollower
+
+    engine = vllm_engine(tiny_model_dir)
+    trained = load_policy(str(tiny_model_dir), device="cpu")
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator))
+    trained.save_pretrained(tmp_path / "out" / "checkpoint-3")
+    follower = PolicyFollower(directory=str(tmp_path / "out"), engine=engine, base_version="b")
+    assert follower.refresh() and follower.step == 3
+    served = dict(engine.llm._model.named_parameters())
+    for name, parameter in trained.named_parameters():
+        torch.testing.assert_close(served[name], parameter.detach())
+    assert engine.llm.prefix_cache_resets == 1

@@ -382,3 +382,20 @@ def test_follow_on_postgresql(tiny_model_dir, gsm8k_dir, tmp_path):
     with _postgres_database() as url:
         _follow_round(tiny_model_dir, gsm8k_dir, url, tmp_path / "out", max_staleness=0,
                       max_steps=3)
+
+
+def test_follow_policy_loads_a_published_checkpoint_into_the_hf_engine(tiny_model_dir, tmp_path):
+    from treerpo.engines import create_engine
+    from treerpo.engines.loading import load_policy
+
+    engine, _ = create_engine("hf", model=str(tiny_model_dir), seed=0)
+    trained = load_policy(str(tiny_model_dir), device="cpu")
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.mul_(0.5)
+    trained.save_pretrained(tmp_path / "out" / "checkpoint-1")
+    follower = PolicyFollower(directory=str(tmp_path / "out"), engine=engine, base_version=BASE)
+    assert follower.refresh() and follower.step == 1
+    served = dict(engine.model.named_parameters())
+    for name, parameter in trained.named_parameters():
+        torch.testing.assert_close(served[name], parameter.detach())
