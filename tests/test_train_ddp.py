@@ -68,8 +68,9 @@ def test_two_processes_make_the_update_of_one_with_the_combined_batch(tiny_model
 
 
 def _launch_two(tiny_model_dir, db_url, output_dir, *extra) -> subprocess.CompletedProcess:
+    # `--` as the README says: torchrun would read --run as an abbreviation of --run-path.
     command = [*_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "treerpo.cli",
-               "train", "--model", str(tiny_model_dir), "--output-dir", str(output_dir),
+               "--", "train", "--model", str(tiny_model_dir), "--output-dir", str(output_dir),
                "--db", db_url, "--per-device-train-batch-size", "1",
                "--gradient-accumulation-steps", "2", *COMMON, *extra]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -195,3 +196,30 @@ def test_shipped_accelerate_configs_load(name):
     if name == "fsdp.yaml":
         assert config.fsdp_config["fsdp_version"] == 2
         assert config.fsdp_config["fsdp_reshard_after_forward"] is True
+
+
+def test_follow_under_two_processes_trains_what_one_process_trains(tiny_model_dir, db_url,
+                                                                   tmp_path):
+    """`train --follow`: the main process chooses each batch and broadcasts it."""
+    write_scored_trees(db_url=db_url, model_dir=tiny_model_dir,
+                       rewards=[*REWARDS, [0, 1, 0, 0, 1]])
+    follow = ["--follow", "--run", "hand-built", "--max-staleness", "2", "--follow-timeout", "60"]
+    single = run_cli("train", "--model", str(tiny_model_dir), "--output-dir",
+                     str(tmp_path / "one"), "--db", db_url, "--per-device-train-batch-size", "2",
+                     "--run-name", "one", *COMMON, *follow)
+    assert single.exit_code == 0, single.stderr
+    launched = _launch_two(tiny_model_dir, db_url, tmp_path / "two", "--run-name", "two",
+                           "--gradient-accumulation-steps", "1", *follow)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    one = load_file(tmp_path / "one" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    for name, tensor in one.items():
+        torch.testing.assert_close(two[name], tensor, rtol=0, atol=1e-6, msg=name)
+    connection = sqlite3.connect(db_url.removeprefix("sqlite:///"))
+    try:
+        steps = {run: [json.loads(ids) for (ids,) in connection.execute(
+            "SELECT tree_ids FROM train_steps JOIN runs ON runs.id = train_steps.run_id "
+            "WHERE runs.name = ? ORDER BY step", (run,))] for run in ("one", "two")}
+    finally:
+        connection.close()
+    assert steps["one"] == steps["two"] == [[1, 2], [3, 4]]  # oldest first, each tree once
