@@ -63,8 +63,14 @@ CURVES = (
           (("tokens/s", "tokens_per_second"),)),
     Curve("seconds", "Time per step", "seconds",
           (("update", "seconds"), ("tree growth", "growth_seconds"),
-           ("scoring", "scoring_seconds"), ("whole step", "step_seconds"))),
+           ("scoring", "scoring_seconds"), ("waiting for trees", "wait_seconds"),
+           ("whole step", "step_seconds"))),
     Curve("kl", "KL to the reference", "nats per token", (("kl", "kl"),)),
+    # `train --follow`: how old the trained trees' policies were, and what was skipped.
+    Curve("staleness", "Staleness of the trained trees", "optimizer steps",
+          (("mean", "staleness_mean"), ("max", "staleness_max"))),
+    Curve("skipped", "Trees skipped", "trees per step",
+          (("stale", "stale_trees_skipped"), ("off-policy", "off_policy_trees_skipped"))),
 )
 # Columns of the step table: (header, metric, digits).
 STEP_COLUMNS = (
