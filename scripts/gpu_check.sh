@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU checks for a machine with CUDA GPUs (see README, "What has run on a GPU"). Two parts:
+# GPU checks for a machine with CUDA GPUs (see README, "What has run on a GPU"). Three parts:
 #
 #   train   chained training per engine setting (scripts/gpu_check_train.py): seconds per step,
 #           the update's peak memory and the PPO ratio at step 1 for the HF engine, vLLM
@@ -8,6 +8,8 @@
 #           logprobs in float32), then one `treerpo bench replay` table: the packed update with a
 #           block-sparse FlexAttention tree mask against the paths and groups baselines, timed
 #           under bf16 autocast at Qwen2.5-0.5B shapes (24 x 896, 151,936 vocab), 4 trees.
+#   follow  `train --follow` and one `generate --follow-policy` worker (vLLM when installed) on
+#           one GPU for a few steps (scripts/gpu_check_follow.py): staleness, waits, PPO ratio.
 #
 #     scripts/gpu_check.sh                          # both parts
 #     scripts/gpu_check.sh train --model Qwen/Qwen2.5-0.5B-Instruct --dataset openai/gsm8k
@@ -26,6 +28,9 @@ part="${1:-all}"
 
 if [ "$part" = train ] || [ "$part" = all ]; then
   "$PYTHON" scripts/gpu_check_train.py "$@"
+fi
+if [ "$part" = follow ] || [ "$part" = all ]; then
+  "$PYTHON" scripts/gpu_check_follow.py "$@"
 fi
 if [ "$part" = replay ] || [ "$part" = all ]; then
   "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_training_packing.py \

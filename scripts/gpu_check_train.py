@@ -37,6 +37,17 @@ from rich.console import Console
 from rich.table import Table
 
 
+def shipped_policy_flags() -> list[str]:
+    """Tree flags that fit the shipped arith-tiny policy (a 512-position context; the arith
+    task's budget and segment lengths, treerpo/bench/tasks.py) for a run without --model."""
+    from treerpo.bench.tasks import task_settings
+
+    tree = task_settings("arith").tree
+    return ["--max-new-tokens", str(tree.max_new_tokens), "--min-segment-len",
+            str(tree.min_segment_len), "--max-depth", str(tree.max_depth),
+            "--coverage-min-chars", str(tree.coverage_min_chars)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None,
@@ -65,6 +76,8 @@ def main() -> int:
         common += ["--dataset-config", arguments.dataset_config]
     if arguments.max_new_tokens:
         common += ["--max-new-tokens", str(arguments.max_new_tokens)]
+    elif arguments.model is None:
+        common += shipped_policy_flags()
 
     runs: list[tuple[str, list[str], list[str]]] = [("hf", [], ["--engine", "hf"])]
     if importlib.util.find_spec("vllm") is not None:
