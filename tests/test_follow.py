@@ -227,8 +227,9 @@ def test_policy_follower_stays_within_what_the_trainer_can_use(tmp_path):
     stored = {BASE: 5}
     counted: list[list[str]] = []
 
-    def count(versions):
+    def count(versions, min_step):
         counted.append(sorted(versions))
+        assert min_step == max(follower.step - 2, 0)
         return sum(stored.get(version, 0) for version in versions)
 
     assert not follower.enough_ahead(count)  # no trainer yet: no bound known
@@ -317,7 +318,11 @@ def _follow_round(tiny_model_dir, gsm8k_dir, db_url, output_dir, *, max_stalenes
     until = _process(*generate, "--until-steps", str(max_steps), "--worker-name", "until")
     try:
         trained_out, trained_err = trainer.communicate(timeout=300)
-        assert trainer.returncode == 0, trained_err
+        if trainer.returncode != 0:
+            for process in (until, endless):
+                process.kill()
+            raise AssertionError(f"trainer: {trained_err}\nuntil: {until.communicate()[1]}\n"
+                                 f"endless: {endless.communicate()[1]}")
         until_out, until_err = until.communicate(timeout=120)
         assert until.returncode == 0, until_err
         endless.send_signal(signal.SIGTERM)
@@ -399,3 +404,21 @@ def test_follow_policy_loads_a_published_checkpoint_into_the_hf_engine(tiny_mode
     served = dict(engine.model.named_parameters())
     for name, parameter in trained.named_parameters():
         torch.testing.assert_close(served[name], parameter.detach())
+
+
+def test_trees_of_a_policy_are_counted_by_fingerprint_whatever_the_path(follow_store):
+    store, run_id, _ = follow_store
+    _store_trees(store, run_id, count=2, policy_step=1,
+                 policy_version="/mnt/a/out/checkpoint-1@0123456789ab")
+    _store_trees(store, run_id, count=1, policy_step=1, first_problem=5,
+                 policy_version="/data/out/checkpoint-1@0123456789ab")
+    _store_trees(store, run_id, count=1, policy_step=0, first_problem=9)
+    count = repository.count_trees_of_policies
+    assert count(store, run_id=run_id, policy_versions=["out/checkpoint-1@0123456789ab"]) == 3
+    assert count(store, run_id=run_id, policy_versions=[BASE, "x@0123456789ab"]) == 4
+    assert count(store, run_id=run_id, policy_versions=["x@ffffffffffff"]) == 0
+    assert count(store, run_id=run_id, policy_versions=[]) == 0
+    # Steps without learning signal publish the same weights: the step tells them apart.
+    assert count(store, run_id=run_id, policy_versions=[BASE], min_policy_step=1) == 0
+    assert count(store, run_id=run_id, policy_versions=["a@0123456789ab"],
+                 min_policy_step=1) == 3

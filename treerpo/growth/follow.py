@@ -135,18 +135,20 @@ class PolicyFollower:
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
-    def enough_ahead(self, count_trees: Callable[[list[str]], int]) -> bool:
+    def enough_ahead(self, count_trees: Callable[[list[str], int], int]) -> bool:
         """Whether the run already holds every tree the trainer can use before it publishes a
         newer policy: (max_staleness + 1) x trees_per_step trees grown with the policies of the
         last max_staleness + 1 steps. More would go stale before they are trained (the rule of
-        AReaL's staleness-bounded rollouts). `count_trees(versions)` counts the run's trees of
-        those policy versions, whichever worker grew them."""
+        AReaL's staleness-bounded rollouts). `count_trees(versions, min_step)` counts the run's
+        trees of those policy versions grown at step min_step or later, whichever worker grew
+        them."""
         settings = self.trainer_settings()
         if settings is None:
             return False
-        window = [version for step, version in self.versions.items()
-                  if step >= self.step - settings["max_staleness"]]
-        return count_trees(window) >= (settings["max_staleness"] + 1) * settings["trees_per_step"]
+        oldest = self.step - settings["max_staleness"]
+        window = [version for step, version in self.versions.items() if step >= oldest]
+        return (count_trees(window, max(oldest, 0))
+                >= (settings["max_staleness"] + 1) * settings["trees_per_step"])
 
     def reached(self, until_steps: int | None) -> bool:
         """The trainer has published step `until_steps` (or later): it is done."""

@@ -214,8 +214,10 @@ def run_generate(
                     follower.refresh()  # between batches: the newest published policy
                     if follower.reached(config.until_steps):
                         break
-                    if follower.enough_ahead(lambda versions: repository.count_trees_of_policies(
-                            store, run_id=run.id, policy_versions=versions)):
+                    if follower.enough_ahead(
+                            lambda versions, min_step: repository.count_trees_of_policies(
+                                store, run_id=run.id, policy_versions=versions,
+                                min_policy_step=min_step)):
                         waiting = time.perf_counter()  # the trainer has all it can use
                         time.sleep(_FOLLOW_POLL_SECONDS)
                         summary.policy_wait_seconds += time.perf_counter() - waiting

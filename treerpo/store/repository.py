@@ -150,11 +150,29 @@ def completed_problem_ids(store: Store, *, run_id: int, epoch: int = 0) -> set[i
         ))
 
 
-def count_trees_of_policies(store: Store, *, run_id: int, policy_versions: Sequence[str]) -> int:
-    """How many of the run's trees were grown by one of `policy_versions`."""
+def count_trees_of_policies(store: Store, *, run_id: int, policy_versions: Sequence[str],
+                            min_policy_step: int = 0) -> int:
+    """How many of the run's trees were grown by one of `policy_versions` at a training step of
+    at least `min_policy_step` (`trees.policy_step`). Versions compare by weights fingerprint
+    (`provenance.policy_identity`): workers that reach the same checkpoint by other paths
+    (another mount point) record other version strings for the same policy. The step tells
+    apart checkpoints with the same weights (steps without any learning signal leave the weights
+    as they were)."""
+    from sqlalchemy import or_
+
+    from treerpo.provenance import policy_identity
+
+    matches = []
+    for version in policy_versions:
+        identity = policy_identity(version)
+        matches.append(TreeRow.policy_version == version if identity == version
+                       else TreeRow.policy_version.like(f"%@{identity}"))
+    if not matches:
+        return 0
     with store.session() as session:
         return session.scalar(select(func.count()).select_from(TreeRow).where(
-            TreeRow.run_id == run_id, TreeRow.policy_version.in_(list(policy_versions)))) or 0
+            TreeRow.run_id == run_id, TreeRow.policy_step >= min_policy_step,
+            or_(*matches))) or 0
 
 
 def latest_epoch(store: Store, *, run_id: int) -> int:
