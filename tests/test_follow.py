@@ -422,3 +422,15 @@ def test_trees_of_a_policy_are_counted_by_fingerprint_whatever_the_path(follow_s
     assert count(store, run_id=run_id, policy_versions=[BASE], min_policy_step=1) == 0
     assert count(store, run_id=run_id, policy_versions=["a@0123456789ab"],
                  min_policy_step=1) == 3
+
+
+def test_batches_other_workers_grow_count_as_in_flight(follow_store):
+    from treerpo.store import claims
+
+    store, run_id, _ = follow_store
+    for batch, worker, lease in ((0, "a", 60.0), (1, "b", 60.0), (2, "b", 60.0), (3, "c", 1e-6)):
+        assert claims.try_claim(store, run_id=run_id, epoch=0, batch_index=batch, worker=worker,
+                                lease_seconds=lease)
+    time.sleep(0.01)  # c's lease has run out: c is dead, its batch is not being grown
+    assert claims.batches_in_flight(store, run_id=run_id, other_than="a") == 2
+    assert claims.batches_in_flight(store, run_id=run_id, other_than="b") == 1

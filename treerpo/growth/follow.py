@@ -16,6 +16,7 @@ Generators do not run ahead of the trainer: the trainer writes its trees per ste
 `--max-staleness` K into `DIR/follow.json`, and a generator waits while the run already holds
 (K + 1) x B trees of the policies of the last K + 1 steps (`PolicyFollower.enough_ahead`): those
 are all the trainer can use before it publishes a newer policy; more would be skipped as stale.
+Batches other workers are growing (live claims) count as trees already there.
 """
 
 from __future__ import annotations

@@ -217,7 +217,10 @@ def run_generate(
                     if follower.enough_ahead(
                             lambda versions, min_step: repository.count_trees_of_policies(
                                 store, run_id=run.id, policy_versions=versions,
-                                min_policy_step=min_step)):
+                                min_policy_step=min_step)
+                            # other workers' batches being grown will land in the window too
+                            + config.batch_size * claims.batches_in_flight(
+                                store, run_id=run.id, other_than=worker)):
                         waiting = time.perf_counter()  # the trainer has all it can use
                         time.sleep(_FOLLOW_POLL_SECONDS)
                         summary.policy_wait_seconds += time.perf_counter() - waiting

@@ -65,6 +65,14 @@ def release_claims(store: Store, *, run_id: int, worker: str) -> None:
                                                ClaimRow.worker == worker))
 
 
+def batches_in_flight(store: Store, *, run_id: int, other_than: str) -> int:
+    """Batches of the run other workers hold a live lease on: being grown right now."""
+    with store.session() as session:
+        return session.scalar(select(func.count()).select_from(ClaimRow).where(
+            ClaimRow.run_id == run_id, ClaimRow.worker != other_than,
+            ClaimRow.lease_until >= utcnow())) or 0
+
+
 def trees_per_worker(store: Store, *, run_id: int) -> dict[str, int]:
     """How many of the run's trees each worker grew (trees of unnamed workers under "")."""
     with store.session() as session:
