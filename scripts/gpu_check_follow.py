@@ -17,7 +17,6 @@ trained tree is staler than --max-staleness or the worker loaded no checkpoint.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -27,41 +26,25 @@ import tempfile
 import time
 from pathlib import Path
 
+# Run as a script: its folder is on the path.
+from gpu_check_train import cuda_missing, policy_and_data, policy_parser
 from rich.console import Console
 from rich.table import Table
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None,
-                        help="policy (default: the shipped arith-tiny policy)")
-    parser.add_argument("--dataset", default="arith")
-    parser.add_argument("--dataset-config", default=None)
+    parser = policy_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--trees-per-step", type=int, default=8)
     parser.add_argument("--max-staleness", type=int, default=1)
-    parser.add_argument("--max-new-tokens", type=int, default=None)
-    parser.add_argument("--torch-dtype", default="bfloat16")
     arguments = parser.parse_args()
-
-    import torch
-
-    if not torch.cuda.is_available():
-        print("no CUDA GPU: this check needs one (the CPU paths are covered by `make test`)",
-              file=sys.stderr)
+    if cuda_missing():
         return 2
-    model = arguments.model or str(Path(__file__).resolve().parents[1] / "treerpo" / "policies"
-                                   / "arith-tiny")
+    model, data = policy_and_data(arguments)
     engine = "vllm" if importlib.util.find_spec("vllm") is not None else "hf"
     work = Path(tempfile.mkdtemp(prefix="treerpo-gpu-follow-"))
     db = f"sqlite:///{work / 'store.db'}"
     out = work / "out"
-    dataset = ["--dataset", arguments.dataset] + (
-        ["--dataset-config", arguments.dataset_config] if arguments.dataset_config else [])
-    from gpu_check_train import shipped_policy_flags
-
-    budget = (["--max-new-tokens", str(arguments.max_new_tokens)] if arguments.max_new_tokens
-              else shipped_policy_flags() if arguments.model is None else [])
     command = [sys.executable, "-m", "treerpo.cli"]
     trainer = subprocess.Popen(
         [*command, "train", "--model", model, "--run", "live", "--follow",
@@ -76,10 +59,10 @@ def main() -> int:
             return 1
         time.sleep(0.5)
     worker = subprocess.Popen(
-        [*command, "generate", "--model", model, *dataset, "--run", "live", "--db", db,
+        [*command, "generate", "--model", model, *data, "--run", "live", "--db", db,
          "--follow-policy", str(out), "--until-steps", str(arguments.steps),
          "--engine", engine, "--torch-dtype", arguments.torch_dtype,
-         "--batch-size", str(arguments.trees_per_step), *budget,
+         "--batch-size", str(arguments.trees_per_step),
          *(["--gpu-memory-utilization", "0.3"] if engine == "vllm" else []), "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})

@@ -48,36 +48,58 @@ def shipped_policy_flags() -> list[str]:
             "--coverage-min-chars", str(tree.coverage_min_chars)]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def policy_parser(description: str) -> argparse.ArgumentParser:
+    """The policy, data and budget arguments of both GPU check scripts."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--model", default=None,
                         help="policy (default: the shipped arith-tiny policy)")
     parser.add_argument("--dataset", default="arith")
     parser.add_argument("--dataset-config", default=None)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=None)
     parser.add_argument("--torch-dtype", default="bfloat16")
-    arguments = parser.parse_args()
+    return parser
 
-    import torch
 
-    if not torch.cuda.is_available():
-        print("no CUDA GPU: this check needs one (the CPU paths are covered by `make test`)",
-              file=sys.stderr)
-        return 2
+def policy_and_data(arguments: argparse.Namespace) -> tuple[str, list[str]]:
+    """The policy to run and its data and budget flags (without --model: the shipped policy,
+    with tree flags that fit it)."""
     model = arguments.model or str(Path(__file__).resolve().parents[1] / "treerpo" / "policies"
                                    / "arith-tiny")
-    common = ["train", "--model", model, "--dataset", arguments.dataset, "--max-steps",
+    flags = ["--dataset", arguments.dataset]
+    if arguments.dataset_config:
+        flags += ["--dataset-config", arguments.dataset_config]
+    if arguments.max_new_tokens:
+        flags += ["--max-new-tokens", str(arguments.max_new_tokens)]
+    elif arguments.model is None:
+        flags += shipped_policy_flags()
+    return model, flags
+
+
+def cuda_missing() -> bool:
+    """True (and says so) without a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return False
+    print("no CUDA GPU: this check needs one (the CPU paths are covered by `make test`)",
+          file=sys.stderr)
+    return True
+
+
+def main() -> int:
+    parser = policy_parser(__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    arguments = parser.parse_args()
+    if cuda_missing():
+        return 2
+    import torch
+
+    model, data = policy_and_data(arguments)
+    common = ["train", "--model", model, *data, "--max-steps",
               str(arguments.steps), "--per-device-train-batch-size", str(arguments.batch_size),
               "--logging-steps", "1", "--save-steps", "1000000", "--torch-dtype",
               arguments.torch_dtype, "--json"]
-    if arguments.dataset_config:
-        common += ["--dataset-config", arguments.dataset_config]
-    if arguments.max_new_tokens:
-        common += ["--max-new-tokens", str(arguments.max_new_tokens)]
-    elif arguments.model is None:
-        common += shipped_policy_flags()
 
     runs: list[tuple[str, list[str], list[str]]] = [("hf", [], ["--engine", "hf"])]
     if importlib.util.find_spec("vllm") is not None:

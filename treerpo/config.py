@@ -292,7 +292,7 @@ class TrainEvalConfig(_Strict):
 class FollowConfig(_Strict):
     """`train --follow` (`treerpo.training.follow`): train on the trees of generate runs as they
     land, skipping trees grown by a policy more than `max_staleness` steps older than the one
-    being updated; give up after `timeout_seconds` without a full batch (None: wait on)."""
+    being updated; give up after `follow_timeout` seconds without a full batch (None: wait on)."""
 
     max_staleness: int = Field(default=2, ge=0, le=INT64_MAX)
     follow_timeout: float | None = Field(default=None, gt=0.0)

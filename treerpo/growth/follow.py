@@ -22,7 +22,6 @@ Batches other workers are growing (live claims) count as trees already there.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,6 @@ from typing import Any
 
 from treerpo.errors import BadInputError
 
-_PREFIX = "checkpoint-"
 # What a `train --follow` run tells its generators (written in its output folder at start).
 FOLLOW_FILE = "follow.json"
 
@@ -48,26 +46,17 @@ class PublishedPolicy:
 def newest_checkpoint(directory: Path) -> PublishedPolicy | None:
     """The `checkpoint-STEP` folder of `directory` with the highest STEP, or None (none yet, or
     no such directory yet: the trainer may not have started)."""
-    best: PublishedPolicy | None = None
+    from treerpo.training.checkpoints import checkpoint_step, list_checkpoints
+
     try:
-        entries = list(os.scandir(directory))
-    except (FileNotFoundError, NotADirectoryError):
+        checkpoints = list_checkpoints(directory)
+        if not checkpoints:
+            return None
+        status = checkpoints[-1].stat()
+    except FileNotFoundError:  # rewritten or rotated away while we looked: look again later
         return None
-    for entry in entries:
-        name = entry.name
-        if not name.startswith(_PREFIX) or not name[len(_PREFIX):].isdigit():
-            continue
-        try:
-            if not entry.is_dir():
-                continue
-            status = entry.stat()
-        except FileNotFoundError:  # rotated away while we looked
-            continue
-        step = int(name[len(_PREFIX):])
-        if best is None or step > best.step:
-            best = PublishedPolicy(step=step, path=Path(entry.path),
-                                   stamp=(status.st_ino, status.st_mtime_ns))
-    return best
+    return PublishedPolicy(step=checkpoint_step(checkpoints[-1]), path=checkpoints[-1],
+                           stamp=(status.st_ino, status.st_mtime_ns))
 
 
 def checkpoint_tensors(folder: Path) -> Iterator[tuple[str, Any]]:

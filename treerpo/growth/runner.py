@@ -269,16 +269,13 @@ def run_generate(
                     summary.store_seconds += time.perf_counter() - releasing
                     continue
                 done = repository.completed_problem_ids(store, run_id=run.id, epoch=epoch)
-    except KeyboardInterrupt:
-        if follower is None:
-            repository.finish_run(store, run.id, status="failed")
-            raise
+    except BaseException as error:
         # A follower runs until stopped: Ctrl-C (or SIGTERM) is its normal end. The batch being
         # grown is lost whole (nothing of it was written) and its claim released above.
+        if follower is None or not isinstance(error, KeyboardInterrupt):
+            repository.finish_run(store, run.id, status="failed")
+            raise
         status, summary.interrupted = "stopped", True
-    except BaseException:
-        repository.finish_run(store, run.id, status="failed")
-        raise
     if follower is not None:
         summary.policy_step = follower.step
         summary.policy_reloads = follower.reloads

@@ -74,6 +74,14 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
     return [path for _, path in sorted(found)]
 
 
+def checkpoint_step(checkpoint: Path) -> int:
+    """The step of a `checkpoint-STEP` folder (one `list_checkpoints` returned)."""
+    match = _CHECKPOINT_NAME.match(checkpoint.name)
+    if match is None:
+        raise ValueError(f"{checkpoint} is not named {CHECKPOINT_PREFIX}STEP")
+    return int(match.group(1))
+
+
 def _process_is_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

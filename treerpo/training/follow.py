@@ -61,6 +61,13 @@ class _Queued:
     scored: bool
 
 
+def _weights_identity(checkpoint: Path) -> str:
+    """The weights fingerprint a generator records for trees grown with `checkpoint`."""
+    from treerpo.engines.loading import policy_version
+
+    return policy_identity(policy_version(str(checkpoint)))
+
+
 def remove_later_checkpoints(output_dir: Path, *, step: int,
                              on_message: Callable[[str], None]) -> None:
     """A follow run resumed at `step` deletes the checkpoints of later steps a killed run left:
@@ -68,10 +75,9 @@ def remove_later_checkpoints(output_dir: Path, *, step: int,
     (it would overwrite them when it gets there anyway)."""
     import shutil
 
-    from treerpo.training.checkpoints import list_checkpoints
+    from treerpo.training.checkpoints import checkpoint_step, list_checkpoints
 
-    later = [path for path in list_checkpoints(output_dir)
-             if int(path.name.rsplit("-", 1)[1]) > step]
+    later = [path for path in list_checkpoints(output_dir) if checkpoint_step(path) > step]
     for path in later:
         shutil.rmtree(path)
     if later:
@@ -127,22 +133,18 @@ class FollowBatches:
         os.replace(temporary, output_dir / FOLLOW_FILE)
 
     def _record_checkpoints(self, output_dir: Path) -> None:
-        from treerpo.engines.loading import policy_version
-        from treerpo.training.checkpoints import list_checkpoints
+        from treerpo.training.checkpoints import checkpoint_step, list_checkpoints
 
         for checkpoint in list_checkpoints(output_dir):
-            step = int(checkpoint.name.rsplit("-", 1)[1])
             try:
-                self.identities[step] = policy_identity(policy_version(str(checkpoint)))
+                self.identities[checkpoint_step(checkpoint)] = _weights_identity(checkpoint)
             except (BadInputError, OSError):  # rotated away or unreadable: trees of it stay
                 continue                      # unverified, and off-policy unless allowed
 
     def after_checkpoint(self, step: int, path: Path) -> None:
         """The trainer published `path` at `step`: trees grown with it are this run's."""
-        from treerpo.engines.loading import policy_version
-
         if self.accelerator.is_main_process:
-            self.identities[step] = policy_identity(policy_version(str(path)))
+            self.identities[step] = _weights_identity(path)
 
     def after_update(self, model) -> None:
         """Generators load the published checkpoints themselves."""
