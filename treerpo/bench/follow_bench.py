@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from treerpo.bench.workers_bench import SHIPPED_POLICY
+from treerpo.bench.workers_bench import SHIPPED_POLICY, finish_processes
 
 
 @dataclass
@@ -82,19 +82,6 @@ def _late_reward(rows: list[dict]) -> float:
     return sum(row["on_policy_reward"] for row in late) / len(late)
 
 
-def _finish(processes: list[subprocess.Popen], names: list[str]) -> list[str]:
-    outputs = []
-    for process, name in zip(processes, names, strict=True):
-        stdout, stderr = process.communicate()
-        if process.returncode != 0:
-            for other in processes:
-                if other.poll() is None:
-                    other.kill()
-            raise RuntimeError(f"the {name} process failed: {stderr.strip()[-500:]}")
-        outputs.append(stdout)
-    return outputs
-
-
 def run_chained_arm(*, steps: int, trees_per_step: int, max_new_tokens: int, seed: int,
                     cores: int) -> FollowArm:
     with tempfile.TemporaryDirectory(prefix="treerpo-bench-follow-") as scratch:
@@ -107,7 +94,7 @@ def run_chained_arm(*, steps: int, trees_per_step: int, max_new_tokens: int, see
              *_tree_flags(max_new_tokens), "--output-dir", str(output_dir),
              "--save-steps", str(steps + 1), "--db", f"sqlite:///{Path(scratch) / 's.db'}"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        _finish([process], ["chained train"])
+        finish_processes([process], ["chained train"])
         wall = time.perf_counter() - started
         rows = _metrics(output_dir)
     trees = sum(row["num_trees"] for row in rows)
@@ -133,7 +120,7 @@ def run_follow_arm(*, steps: int, trees_per_step: int, max_new_tokens: int, seed
         # The trainer first (it writes follow.json, which bounds how far the workers run ahead).
         while not (output_dir / "follow.json").exists():
             if trainer.poll() is not None:
-                _finish([trainer], ["follow train"])
+                finish_processes([trainer], ["follow train"])
             time.sleep(0.1)
         workers = [subprocess.Popen(
             [sys.executable, "-m", "treerpo.cli", "generate", "--model", str(SHIPPED_POLICY),
@@ -143,7 +130,8 @@ def run_follow_arm(*, steps: int, trees_per_step: int, max_new_tokens: int, seed
              str(seed), "--worker-name", f"g{index}", *_tree_flags(max_new_tokens),
              "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for index in range(generators)]
-        outputs = _finish([trainer, *workers], ["follow train"] + ["generate"] * generators)
+        outputs = finish_processes([trainer, *workers],
+                                   ["follow train"] + ["generate"] * generators)
         wall = time.perf_counter() - started
         rows = _metrics(output_dir)
     summary = json.loads(outputs[0].strip().splitlines()[-1])

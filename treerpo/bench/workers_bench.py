@@ -55,12 +55,9 @@ def run_workers_round(*, workers: int, problems: int, max_new_tokens: int,
         processes = [subprocess.Popen([*command, "--worker-name", f"w{index}"], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                      for index in range(workers)]
-        outputs = [process.communicate() for process in processes]
+        outputs = finish_processes(processes, ["generate worker"] * workers)
         wall = time.perf_counter() - started
-        for process, (_, stderr) in zip(processes, outputs, strict=True):
-            if process.returncode != 0:
-                raise RuntimeError(f"a generate worker failed: {stderr.strip()[-500:]}")
-        reports = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+        reports = [json.loads(stdout.strip().splitlines()[-1]) for stdout in outputs]
     return WorkersRound(
         workers=workers, trees=sum(report["trees"] for report in reports), wall_seconds=wall,
         store_seconds=sum(report["store_seconds"] for report in reports),
@@ -68,3 +65,18 @@ def run_workers_round(*, workers: int, problems: int, max_new_tokens: int,
         # The last worker to finish saw every tree of the run.
         trees_per_worker=max((report["trees_per_worker"] for report in reports),
                              key=lambda counts: sum(counts.values())))
+
+
+def finish_processes(processes: list[subprocess.Popen], names: list[str]) -> list[str]:
+    """Wait for every process; their stdouts. The first that failed stops the others and
+    raises, naming it with the end of its stderr."""
+    outputs = []
+    for process, name in zip(processes, names, strict=True):
+        stdout, stderr = process.communicate()
+        if process.returncode != 0:
+            for other in processes:
+                if other.poll() is None:
+                    other.kill()
+            raise RuntimeError(f"the {name} process failed: {stderr.strip()[-500:]}")
+        outputs.append(stdout)
+    return outputs
