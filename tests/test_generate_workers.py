@@ -22,14 +22,19 @@ from treerpo.store.database import open_store
 from treerpo.store.models import ClaimRow, NodeRow, ProblemRow, TreeRow
 
 ROOT = Path(__file__).resolve().parents[1]
-# Trees big enough that nine batches take longer than the workers' start-up skew.
+# Trees big enough that one takes longer than the workers' skew once the start gate opens.
 TREE = ["--max-new-tokens", "48", "--min-segment-len", "8", "--max-depth", "3",
         "--coverage-min-chars", "10", "--entropy-threshold", "0.5", "--root-children", "2"]
 POSTGRES_SERVER = os.environ.get("TREERPO_TEST_POSTGRES_URL")
 
 
-def _worker(tiny_model_dir, gsm8k_dir, db_url, name, *extra) -> subprocess.Popen:
-    command = [sys.executable, "-m", "treerpo.cli", "generate", "--model", str(tiny_model_dir),
+def _worker(tiny_model_dir, gsm8k_dir, db_url, name, *extra,
+            gate: Path | None = None) -> subprocess.Popen:
+    """A `treerpo generate` process; with `gate`, its first claim waits at the start gate of
+    tests/gated_generate.py."""
+    launcher = ["-m", "treerpo.cli"] if gate is None else [str(ROOT / "tests" /
+                                                              "gated_generate.py"), str(gate)]
+    command = [sys.executable, *launcher, "generate", "--model", str(tiny_model_dir),
                "--dataset", str(gsm8k_dir / "test.jsonl"), "--limit", "9", "--batch-size", "1",
                "--run", "shared", "--db", db_url, "--worker-name", name, "--engine", "hf",
                "--json", *TREE, *extra]
@@ -78,9 +83,25 @@ def _postgres_database() -> Iterator[str]:
         admin.dispose()
 
 
-def _three_workers_share(tiny_model_dir, gsm8k_dir, db_url) -> None:
+def _open_gate_when_ready(gate: Path, names: list[str], workers: list[subprocess.Popen]) -> None:
+    """Open the start gate once every worker waits at it (a worker that died is reported by
+    the caller through its exit code)."""
+    deadline = time.monotonic() + 300
+    while not all((gate / f"{name}.ready").exists() for name in names):
+        if time.monotonic() > deadline or any(worker.poll() is not None for worker in workers):
+            break
+        time.sleep(0.05)
+    (gate / "go").touch()
+
+
+def _three_workers_share(tiny_model_dir, gsm8k_dir, db_url, gate: Path) -> None:
     open_store(db_url).close()  # the store exists before the workers race for it
-    workers = [_worker(tiny_model_dir, gsm8k_dir, db_url, f"w{index}") for index in range(3)]
+    # Model loading takes seconds and varies across processes: without the gate, the first
+    # worker to load can grow all nine trees before the last one claims (CI saw it).
+    names = [f"w{index}" for index in range(3)]
+    gate.mkdir()
+    workers = [_worker(tiny_model_dir, gsm8k_dir, db_url, name, gate=gate) for name in names]
+    _open_gate_when_ready(gate, names, workers)
     results = [_finish(worker) for worker in workers]
     assert [code for code, _, _ in results] == [0, 0, 0], [err[-2000:] for _, _, err in results]
     per_worker = _check_store(db_url)
@@ -89,13 +110,14 @@ def _three_workers_share(tiny_model_dir, gsm8k_dir, db_url) -> None:
 
 
 def test_three_workers_share_nine_problems_on_sqlite(tiny_model_dir, gsm8k_dir, tmp_path):
-    _three_workers_share(tiny_model_dir, gsm8k_dir, f"sqlite:///{tmp_path / 'store.db'}")
+    _three_workers_share(tiny_model_dir, gsm8k_dir, f"sqlite:///{tmp_path / 'store.db'}",
+                         tmp_path / "gate")
 
 
 @pytest.mark.skipif(POSTGRES_SERVER is None, reason="TREERPO_TEST_POSTGRES_URL not set")
-def test_three_workers_share_nine_problems_on_postgres(tiny_model_dir, gsm8k_dir):
+def test_three_workers_share_nine_problems_on_postgres(tiny_model_dir, gsm8k_dir, tmp_path):
     with _postgres_database() as url:
-        _three_workers_share(tiny_model_dir, gsm8k_dir, url)
+        _three_workers_share(tiny_model_dir, gsm8k_dir, url, tmp_path / "gate")
 
 
 def test_a_killed_workers_batch_is_taken_over_after_its_lease(tiny_model_dir, gsm8k_dir,
