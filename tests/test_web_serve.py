@@ -95,7 +95,10 @@ def test_serve_command_listens_on_localhost_and_stops_on_ctrl_c(web, db_url):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
         [sys.executable, "-m", "treerpo.cli", "serve", "--db", db_url, "--port", "0", "--quiet"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # Ctrl-C as in a terminal: a test run started in the background by a shell without job
+        # control inherits SIGINT ignored, and Python then leaves it ignored in the child.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = process.stdout.readline()
         assert " read-only at http://127.0.0.1:" in line, (line, process.stderr.read())
