@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from treerpo.config import TrainConfig
 from treerpo.errors import BadInputError
@@ -164,6 +165,9 @@ class ChainedBatches:
 
     def last_batch_seconds(self) -> dict[str, float]:
         return dict(self.seconds)
+
+    def after_checkpoint(self, step: int, path: Path) -> None:
+        """Chained growth uses the trainer's own weights, not its checkpoints."""
 
     def after_update(self, model) -> None:
         """vLLM: its weights are now stale; they are pushed once, right before the next growth

@@ -130,6 +130,11 @@ class BatchSource(Protocol):
         """Seconds the last `batch_tree_ids` spent growing and scoring trees."""
         ...
 
+    def after_checkpoint(self, step: int, path: Path) -> None:
+        """Called on every process once the checkpoint of `step` is complete at `path`
+        (`--follow`: trees grown with it count as this run's)."""
+        ...
+
 
 def trained_counts(tree: Tree) -> tuple[int, int, float]:
     """(trained tokens, sibling groups, visitation mass) of a tree: tokens of nodes that carry
@@ -324,6 +329,9 @@ class ReplayBatches:
     def last_batch_seconds(self) -> dict[str, float]:
         """Replay grows nothing; its unscored trees were scored before training."""
         return {"growth_seconds": 0.0, "scoring_seconds": 0.0}
+
+    def after_checkpoint(self, step: int, path: Path) -> None:
+        """Replay reads no checkpoint back."""
 
 
 def select_replay_trees(
@@ -665,9 +673,7 @@ def _train_loop(*, store: Store, config: TrainConfig, accelerator, source: Batch
                 repository.set_train_step_checkpoint(store, run_id=run_id, step=step,
                                                      checkpoint=str(path))
                 summary.checkpoints.append(str(path))
-            after_checkpoint = getattr(source, "after_checkpoint", None)
-            if after_checkpoint is not None:
-                after_checkpoint(step, path)
+            source.after_checkpoint(step, path)
         summary.trees_trained = len(trained)
     return step
 
