@@ -146,6 +146,10 @@ def test_flat_rollout(tiny_model_dir, gsm8k_dir, db_url):
         (["--branching", "forced", "--logprob-temperature", "sampling"],
          "--branching forced needs --logprob-temperature raw"),
         (["--engine", "vllm", "--logprob-temperature", "sampling"], "--engine hf"),
+        (["--split-delimiters", ".", "--split-delimiter", "= "], "contradict"),
+        (["--split-delimiters", "\\"], "--split-delimiters: bad backslash escape"),
+        (["--split-delimiter", "\\x4"], "--split-delimiter: bad backslash escape"),
+        (["--split-delimiter", ""], "empty string"),
     ],
 )
 def test_bad_input_exit_2_store_unchanged(tiny_model_dir, gsm8k_dir, tmp_path, args, message):
@@ -191,6 +195,28 @@ def test_run_config_is_stored_whole(tiny_model_dir, gsm8k_dir, db_url):
     assert run.kind == "generate" and run.status == "finished"
     assert run.config["tree"]["max_depth"] == 3 and run.config["sampling"]["top_p"] == 0.85
     assert run.config["tree"]["split_delimiters"] == ["\n", "!", ".", "?", ";", ":"]
+
+
+def test_split_delimiters_of_several_characters_and_beyond_ascii(tiny_model_dir, gsm8k_dir,
+                                                                 db_url):
+    """`--split-delimiter` (repeated) takes delimiters of any length; escapes are decoded and
+    every other character, ASCII or not, is kept as typed."""
+    from treerpo.store.database import open_store
+
+    runs = {"several": ["--split-delimiter", "= ", "--split-delimiter", "\\n\\n",
+                        "--split-delimiter", "。", "--split-delimiter", "= "],
+            "characters": ["--split-delimiters", "。é\\n\\u00b7"]}
+    for run_name, flags in runs.items():
+        result = _generate(tiny_model_dir, gsm8k_dir, db_url, "--limit", "1", "--run", run_name,
+                           *flags)
+        assert result.exit_code == 0, result.stderr
+    store = open_store(db_url)
+    try:
+        stored = {name: repository.find_run(store, name).config["tree"]["split_delimiters"]
+                  for name in runs}
+    finally:
+        store.close()
+    assert stored == {"several": ["= ", "\n\n", "。"], "characters": ["。", "é", "\n", "·"]}
 
 
 def stored_and_recomputed_logprobs(*, db_url: str, model, logprob_temperature: float):

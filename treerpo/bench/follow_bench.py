@@ -50,14 +50,13 @@ def _tree_flags(max_new_tokens: int) -> list[str]:
 
     task = task_settings("arith")
     tree, sampling = task.tree, task.sampling
-    # The CLI names delimiters by character: '=' stands for the task's "= ".
-    delimiters = "".join(sorted({delimiter[0] for delimiter in tree.split_delimiters}))
-    return ["--max-new-tokens", str(max_new_tokens), "--min-segment-len",
+    delimiters = [flag for delimiter in tree.split_delimiters
+                  for flag in ("--split-delimiter", delimiter.encode("unicode_escape").decode())]
+    return [*delimiters, "--max-new-tokens", str(max_new_tokens), "--min-segment-len",
             str(tree.min_segment_len), "--max-depth", str(tree.max_depth),
             "--entropy-threshold", str(tree.entropy_threshold), "--entropy-topk",
             str(tree.entropy_topk), "--coverage-min-chars", str(tree.coverage_min_chars),
             "--coverage-children-max", str(tree.coverage_children_max),
-            "--split-delimiters", delimiters.encode("unicode_escape").decode(),
             "--temperature", str(sampling.temperature), "--top-p", str(sampling.top_p),
             "--top-k", str(sampling.top_k or 0), "--repetition-penalty",
             str(sampling.repetition_penalty)]

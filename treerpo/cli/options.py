@@ -150,9 +150,14 @@ Branching = Annotated[str, typer.Option(
     "resample (a free sample from the same prefix) or forced (an alternative first token from "
     "the top-k, the original release's rule).",
     rich_help_panel=TREE)]
-SplitDelimiters = Annotated[str, typer.Option(
-    "--split-delimiters", help="Characters after which a segment may split; backslash escapes "
-    "allowed (default '\\n!.?;:').",
+SplitDelimiters = Annotated[str | None, typer.Option(
+    "--split-delimiters", help="Characters after which a segment may split, each one "
+    "delimiter; backslash escapes allowed (default '\\n!.?;:'). A delimiter of several "
+    "characters: --split-delimiter.",
+    rich_help_panel=TREE)]
+SplitDelimiter = Annotated[list[str] | None, typer.Option(
+    "--split-delimiter", help="One delimiter of any length after which a segment may split "
+    "(e.g. '= ' or '\\n\\n'); repeat it for more. Instead of --split-delimiters.",
     rich_help_panel=TREE)]
 
 # Sampling
@@ -213,14 +218,36 @@ def parse_reward_weights(values: list[str] | None) -> list[float] | None:
 DEFAULT_DELIMITERS = "".join(DEFAULT_SPLIT_DELIMITERS).encode("unicode_escape").decode()
 
 
+def decode_escapes(text: str, *, flag: str) -> str:
+    """`text` with its backslash escapes (`\\n`, `\\t`, `\\u3002`, ...) decoded; every other
+    character, ASCII or not, is kept as it is."""
+    try:
+        # Characters beyond Latin-1 become \\uXXXX first, so they come back unchanged.
+        return codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape")
+    except UnicodeDecodeError as error:
+        raise BadInputError(f"{flag}: bad backslash escape in {text!r} ({error.reason})") from error
+
+
 def parse_delimiters(text: str) -> list[str]:
     """`'\\n!.?;:'` → ['\\n', '!', '.', '?', ';', ':'] (each character one delimiter)."""
-    decoded = codecs.decode(text, "unicode_escape")
-    return list(dict.fromkeys(decoded))
+    return list(dict.fromkeys(decode_escapes(text, flag="--split-delimiters")))
+
+
+def split_delimiters(characters: str | None, delimiters: list[str] | None) -> list[str]:
+    """The delimiters of `--split-delimiters CHARS` (each character one) or of repeated
+    `--split-delimiter TEXT` (each value one, of any length); neither: DESIGN's default."""
+    if characters is not None and delimiters:
+        raise BadInputError("--split-delimiters and --split-delimiter contradict each other: "
+                            "give one")
+    if delimiters:
+        return list(dict.fromkeys(decode_escapes(delimiter, flag="--split-delimiter")
+                                  for delimiter in delimiters))
+    return parse_delimiters(DEFAULT_DELIMITERS if characters is None else characters)
 
 
 def tree_settings(**values: Any) -> TreeSettings:
-    values["split_delimiters"] = parse_delimiters(values["split_delimiters"])
+    values["split_delimiters"] = split_delimiters(values["split_delimiters"],
+                                                  values.pop("split_delimiter"))
     return validated(TreeSettings, **values)
 
 
@@ -273,7 +300,7 @@ TRAIN_ENGINE_FLAGS = ("vllm_enable_sleep_mode",)
 PROMPT_FLAGS = ("system_prompt", "prompt_template")
 TREE_FLAGS = ("rollout", "branching", "num_generations", "max_depth", "min_segment_len",
               "entropy_threshold", "entropy_topk", "coverage_min_chars", "coverage_children_max",
-              "root_children", "split_delimiters", "max_new_tokens")
+              "root_children", "split_delimiters", "split_delimiter", "max_new_tokens")
 SAMPLING_FLAGS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
 
