@@ -184,3 +184,39 @@ def test_arm_variants_change_what_they_name_and_nothing_else():
                 "tree:loss_aggregation=sequence", "bush:root_children=2"):
         with pytest.raises(BadInputError, match="--arms"):
             arm_spec(arm=bad, tree=tree, flat_generations=5)
+
+
+def test_learn_tables_keep_every_figure_whole_beside_a_long_variant_name():
+    """On an 80-column terminal a variant's long name folds; no figure is cut to `…`."""
+    import io
+
+    from rich.console import Console
+
+    from treerpo.bench.learn_bench import ArmResult, ArmRun, LearnBenchResult
+    from treerpo.cli.bench_commands import print_learn_tables
+
+    variant = "tree:max_depth=2:entropy_threshold=0:min_segment_len=60"
+
+    def arm(name: str, generations: int | None, accuracy: float, tokens: int) -> ArmResult:
+        run = ArmRun(seed=0, accuracy=accuracy, tokens=tokens,
+                     curve=[(0.0, 0.265), (tokens / 2, 0.3), (float(tokens), accuracy)],
+                     on_policy_reward_last=0.211, nonzero_token_share=0.48,
+                     forced_token_share=0.0)
+        return ArmResult(name=name, num_generations=generations, runs=[run])
+
+    result = LearnBenchResult(
+        task="arith-long", steps=80, problems_per_step=16, seeds=[0], eval_steps=[40, 80],
+        accuracy_before=0.265, goal=None,
+        arms=[arm("flat", 5, 0.332, 775_907), arm(variant, None, 0.347, 924_010)])
+    out = io.StringIO()
+    print_learn_tables(result, Console(file=out, width=80, color_system=None))
+    text = out.getvalue()
+    assert "…" not in text
+    for figure in ("33.2% ± 0.0%", "34.7% ± 0.0%", "924,010", "1.19", "0.211", "48%",
+                   "34.7% @ 924,010", "33.2% @ 775,907"):
+        assert figure in text, figure
+    # The folded name, read back from the arm cells of the first table, is the whole name.
+    first_table = text.split("└")[0]
+    arm_cells = [line.split("│")[1].strip() for line in first_table.splitlines()
+                 if line.startswith("│")]
+    assert arm_cells[0] == "flat G=5" and "".join(arm_cells[1:]) == variant

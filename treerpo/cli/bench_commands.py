@@ -14,7 +14,9 @@ from treerpo.cli.common import JsonOption, print_json, stdout_console
 from treerpo.errors import BadInputError
 
 if TYPE_CHECKING:
-    from treerpo.bench.learn_bench import GoalVerdict
+    from rich.console import Console
+
+    from treerpo.bench.learn_bench import GoalVerdict, LearnBenchResult
 
 bench_app = typer.Typer(help="Benchmarks: print figures and their goals.", no_args_is_help=True)
 
@@ -449,14 +451,21 @@ def bench_learn(
                 "flat_improved": goal.flat_improved, "met": goal.met},
         })
         return
+    print_learn_tables(result, console)
+
+
+def print_learn_tables(result: LearnBenchResult, console: Console) -> None:
+    """bench learn's tables (arms, why, curves) and its verdict."""
+    goal = result.goal
     flat_tokens = next((arm.tokens_mean for arm in result.arms if arm.name == "flat"), None)
     table = Table(title=f"bench learn · {result.task}, {result.steps} steps × "
                         f"{result.problems_per_step} problems, seeds "
                         f"{', '.join(map(str, result.seeds))}; greedy accuracy before "
                         f"{result.accuracy_before:.1%}")
-    table.add_column("arm", no_wrap=True)
+    # A variant's long name folds; the figures keep their width.
+    table.add_column("arm", overflow="fold")
     for column in ("accuracy per seed", "mean ± sd", "tokens", "÷ flat"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for arm in result.arms:
         name = arm.name if arm.num_generations is None else f"{arm.name} G={arm.num_generations}"
         table.add_row(name, " ".join(f"{a:.1%}" for a in arm.accuracies),
@@ -467,10 +476,10 @@ def bench_learn(
     console.print("accuracy: greedy, after training · tokens: completion tokens decoded "
                   "(mean over seeds)", highlight=False)
     why = Table(title="why: what each arm trains on (mean over seeds)")
-    why.add_column("arm", no_wrap=True)
+    why.add_column("arm", overflow="fold")
     for column in ("on-policy reward, last 10%", "tokens with advantage ≠ 0",
                    "tokens under forced nodes"):
-        why.add_column(column, justify="right")
+        why.add_column(column, justify="right", min_width=8)
     for arm in result.arms:
         why.add_row(arm.name, f"{arm.on_policy_reward_last:.3f}",
                     f"{arm.nonzero_token_share:.0%}", f"{arm.forced_token_share:.0%}")
@@ -478,7 +487,8 @@ def bench_learn(
     curves = Table(title="greedy accuracy @ cumulative tokens decoded (mean over seeds)")
     curves.add_column("step", justify="right")
     for arm in result.arms:
-        curves.add_column(arm.name, justify="right", no_wrap=True)
+        curves.add_column(arm.name, justify="right", overflow="fold",
+                          min_width=len(f"{arm.curve[-1][1]:.1%} @ {arm.curve[-1][0]:,.0f}"))
     for row, step in enumerate([0, *result.eval_steps]):
         curves.add_row(str(step), *(f"{arm.curve[row][1]:.1%} @ {arm.curve[row][0]:,.0f}"
                                     for arm in result.arms))
