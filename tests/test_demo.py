@@ -122,7 +122,7 @@ def test_task_profiles_leave_branching_to_the_library_defaults():
         assert (settings.sampling.temperature, settings.sampling.top_p, settings.sampling.top_k,
                 settings.sampling.repetition_penalty) == (0.7, 1.0, None, 1.0)
     long = task_settings("arith-long").tree
-    assert (long.split_delimiters, long.min_segment_len, long.coverage_min_chars,
-            long.coverage_children_max, long.max_depth, long.max_new_tokens) == \
-        (["= ", "\n"], 20, 40, 1, 5, 256)
+    assert (long.split_delimiters, long.min_segment_len, long.entropy_threshold,
+            long.coverage_min_chars, long.coverage_children_max, long.max_depth,
+            long.max_new_tokens) == (["= ", "\n"], 40, 0.0, 40, 1, 3, 256)
     assert task_settings("arith").max_new_tokens == 80

@@ -90,15 +90,18 @@ def _arith() -> TaskSettings:
 def _arith_long() -> TaskSettings:
     from treerpo.policies import arith_long_policy_path
 
-    # Segments of at least ~20 tokens (two or three lines) between splits, at most 5 deep, so a
-    # tree's splits spread over the chain instead of piling up in its first lines. Measured on
-    # the shipped policy (48 samples at 0.7): top-20 entropy after "= " or a line break has its
-    # 95th percentile at 0.39 nats and never exceeds 1.0, so the threshold is 0.3 (about 8% of
-    # those positions qualify). No coverage children: a chain that went wrong in its middle
-    # cannot be saved by re-sampling its last lines, and with 4 coverage children and the
-    # threshold at 1.0 they took ~40% of a tree's tokens for less accuracy per token (README,
-    # "Learning"). Learning rate 5e-5: at 2e-4 every arm collapsed (26.5% -> 5-13% in 40 steps).
-    tree = TreeSettings(max_depth=5, min_segment_len=20, entropy_threshold=0.3, entropy_topk=20,
+    # Positional splits in the middle of the chain, not entropy splits. Measured on the shipped
+    # policy (README, "Learning"): 86% of entropy splits (threshold 0.3, segments >= 20 tokens,
+    # depth < 5) fell after the chain had already gone wrong, where the policy is unsure because
+    # it is lost, so the groups below them almost never held a correct leaf. With threshold 0 a
+    # node splits at the first "= " or line break after `min_segment_len` tokens: every root
+    # chain (~120 tokens) splits after ~40 tokens and each half again after ~40 more (depth < 3),
+    # 16 leaves per tree that share their first lines. In bench learn's 3-seed pilots (80 steps)
+    # this reached flat GRPO's final accuracy at 0.91x its tokens where the entropy tree ended
+    # 3.5 points behind at equal tokens. No coverage children: a chain that went wrong in its
+    # middle cannot be saved by re-sampling its last lines. Learning rate 5e-5: at 2e-4 every
+    # arm collapsed (26.5% -> 5-13% in 40 steps).
+    tree = TreeSettings(max_depth=3, min_segment_len=40, entropy_threshold=0.0, entropy_topk=20,
                         coverage_min_chars=40, coverage_children_max=1, max_new_tokens=256,
                         split_delimiters=["= ", "\n"])
     return TaskSettings(
