@@ -19,3 +19,27 @@ def test_bench_follow_runs_both_arms_for_the_same_steps():
     assert 0.0 <= follow["staleness_mean"] <= 1.0
     assert report["speedup"] == pytest.approx(
         chained["wall_seconds"] / follow["wall_seconds"], abs=0.01)
+
+
+def test_bench_follow_grows_with_the_arith_tasks_tree_and_sampling_settings(tmp_path):
+    """The flags both arms pass reach `generate` as the task profile's settings, multi-character
+    delimiters included."""
+    from treerpo.bench.follow_bench import _tree_flags
+    from treerpo.bench.tasks import task_settings
+    from treerpo.bench.workers_bench import SHIPPED_POLICY
+    from treerpo.store import repository
+    from treerpo.store.database import open_store
+
+    db_url = f"sqlite:///{tmp_path / 'store.db'}"
+    result = run_cli("generate", "--model", str(SHIPPED_POLICY), "--dataset", "arith",
+                     "--limit", "1", "--run", "flags", "--db", db_url, "--engine", "hf",
+                     *_tree_flags(40), "--json")
+    assert result.exit_code == 0, result.stderr
+    store = open_store(db_url)
+    try:
+        config = repository.find_run(store, "flags").config
+    finally:
+        store.close()
+    task = task_settings("arith")
+    assert config["tree"] == {**task.tree.model_dump(mode="json"), "max_new_tokens": 40}
+    assert config["sampling"] == task.sampling.model_dump(mode="json")
