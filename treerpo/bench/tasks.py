@@ -11,6 +11,7 @@ benchmark's `tree-forced` arm changes the branching mode only.
   first token (answer at once or work it out).
 - `arith-long`: 10-14 operations, worked solutions of ~85-150 tokens (budget 256), failed by one
   wrong line somewhere in the middle: where trees should teach more per token than flat GRPO.
+  Its trees split by position (threshold 0), not by entropy: see `_arith_long`.
 
 A profile also holds the goal `bench learn` checks for it (DESIGN, "Learning").
 """
@@ -96,11 +97,11 @@ def _arith_long() -> TaskSettings:
     # it is lost, so the groups below them almost never held a correct leaf. With threshold 0 a
     # node splits at the first "= " or line break after `min_segment_len` tokens: every root
     # chain (~120 tokens) splits after ~40 tokens and each half again after ~40 more (depth < 3),
-    # 16 leaves per tree that share their first lines. In bench learn's 3-seed pilots (80 steps)
-    # this reached flat GRPO's final accuracy at 0.91x its tokens where the entropy tree ended
-    # 3.5 points behind at equal tokens. No coverage children: a chain that went wrong in its
-    # middle cannot be saved by re-sampling its last lines. Learning rate 5e-5: at 2e-4 every
-    # arm collapsed (26.5% -> 5-13% in 40 steps).
+    # 16 leaves per tree that share their first lines. bench learn (3 seeds, 80 steps): 35.7%
+    # against flat GRPO's 36.3% at 1.02x its tokens, where the entropy profile ended 3.5 points
+    # behind flat at equal tokens; the shapes tried are in README, "Learning". No coverage
+    # children: a chain that went wrong in its middle cannot be saved by re-sampling its last
+    # lines. Learning rate 5e-5: at 2e-4 every arm collapsed (26.5% -> 5-13% in 40 steps).
     tree = TreeSettings(max_depth=3, min_segment_len=40, entropy_threshold=0.0, entropy_topk=20,
                         coverage_min_chars=40, coverage_children_max=1, max_new_tokens=256,
                         split_delimiters=["= ", "\n"])
