@@ -96,10 +96,10 @@ def _arith_long() -> TaskSettings:
     # depth < 5) fell after the chain had already gone wrong, where the policy is unsure because
     # it is lost, so the groups below them almost never held a correct leaf. With threshold 0 a
     # node splits at the first "= " or line break after `min_segment_len` tokens: every root
-    # chain (~120 tokens) splits after ~40 tokens and each half again after ~40 more (depth < 3),
-    # 16 leaves per tree that share their first lines. bench learn (3 seeds, 80 steps): 35.7%
-    # against flat GRPO's 36.3% at 1.02x its tokens, where the entropy profile ended 3.5 points
-    # behind flat at equal tokens; the shapes tried are in README, "Learning". No coverage
+    # chain (~120 tokens) splits after ~40 tokens and each half again after ~40 more (depth < 3):
+    # up to 16 leaves per tree that share their first lines. bench learn (3 seeds, 80 steps):
+    # 35.7% against flat GRPO's 36.3% at 1.02x its tokens, where the entropy profile ended 3.5
+    # points behind flat at equal tokens; the shapes tried are in README, "Learning". No coverage
     # children: a chain that went wrong in its middle cannot be saved by re-sampling its last
     # lines. Learning rate 5e-5: at 2e-4 every arm collapsed (26.5% -> 5-13% in 40 steps).
     tree = TreeSettings(max_depth=3, min_segment_len=40, entropy_threshold=0.0, entropy_topk=20,
