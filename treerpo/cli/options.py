@@ -158,7 +158,7 @@ SplitDelimiters = Annotated[str | None, typer.Option(
 SplitDelimiter = Annotated[list[str] | None, typer.Option(
     "--split-delimiter", help="One delimiter of any length after which a segment may split "
     "(e.g. '= ' or '\\n\\n'); repeat it for more. Instead of --split-delimiters.",
-    rich_help_panel=TREE)]
+    metavar="TEXT", rich_help_panel=TREE)]
 
 # Sampling
 Temperature = Annotated[float, typer.Option("--temperature", help="Sampling temperature (> 0).",
