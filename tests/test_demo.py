@@ -125,4 +125,7 @@ def test_task_profiles_leave_branching_to_the_library_defaults():
     assert (long.split_delimiters, long.min_segment_len, long.entropy_threshold,
             long.coverage_min_chars, long.coverage_children_max, long.max_depth,
             long.max_new_tokens) == (["= ", "\n"], 40, 0.0, 40, 1, 3, 256)
-    assert task_settings("arith").max_new_tokens == 80
+    short = task_settings("arith").tree
+    assert (short.split_delimiters, short.min_segment_len, short.entropy_threshold,
+            short.coverage_children_max, short.max_depth, short.max_new_tokens) == \
+        (["= ", "\n"], 12, 0.0, 1, 3, 80)
