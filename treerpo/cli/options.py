@@ -150,10 +150,12 @@ Branching = Annotated[str, typer.Option(
     "resample (a free sample from the same prefix) or forced (an alternative first token from "
     "the top-k, the original release's rule).",
     rich_help_panel=TREE)]
+# DESIGN's delimiters as --split-delimiters spells them ('\\n!.?;:').
+DEFAULT_DELIMITERS = "".join(DEFAULT_SPLIT_DELIMITERS).encode("unicode_escape").decode()
 SplitDelimiters = Annotated[str | None, typer.Option(
     "--split-delimiters", help="Characters after which a segment may split, each one "
-    "delimiter; backslash escapes allowed (default '\\n!.?;:'). A delimiter of several "
-    "characters: --split-delimiter.",
+    f"delimiter; backslash escapes allowed (default '{DEFAULT_DELIMITERS}'). A delimiter of "
+    "several characters: --split-delimiter.",
     rich_help_panel=TREE)]
 SplitDelimiter = Annotated[list[str] | None, typer.Option(
     "--split-delimiter", help="One delimiter of any length after which a segment may split "
@@ -215,9 +217,6 @@ def parse_reward_weights(values: list[str] | None) -> list[float] | None:
         raise BadInputError(f"--reward-weights: not a number in {' '.join(parts)!r}") from error
 
 
-DEFAULT_DELIMITERS = "".join(DEFAULT_SPLIT_DELIMITERS).encode("unicode_escape").decode()
-
-
 def decode_escapes(text: str, *, flag: str) -> str:
     """`text` with its backslash escapes (`\\n`, `\\t`, `\\u3002`, ...) decoded; every other
     character, ASCII or not, is kept as it is."""
@@ -242,7 +241,9 @@ def split_delimiters(characters: str | None, delimiters: list[str] | None) -> li
     if delimiters:
         return list(dict.fromkeys(decode_escapes(delimiter, flag="--split-delimiter")
                                   for delimiter in delimiters))
-    return parse_delimiters(DEFAULT_DELIMITERS if characters is None else characters)
+    if characters is None:
+        return list(DEFAULT_SPLIT_DELIMITERS)
+    return parse_delimiters(characters)
 
 
 def tree_settings(**values: Any) -> TreeSettings:
